@@ -1,0 +1,38 @@
+# medseg: CT segmentation and 3D-model services. `make demo` sets everything up and runs
+# the pipeline on a phantom case; `make test` runs the test suite.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+GEN_DIR := clients/python
+DESCRIPTOR := gateway_envoy/medseg.pb
+
+.PHONY: setup protos protos-check test demo up down bench models lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r nnunet_svc/requirements.txt -r smoothing_svc/requirements.txt \
+	    -r postprocess_svc/requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q -e clients/python
+	$(MAKE) --no-print-directory protos
+
+protos:
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+	    --python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) \
+	    $(PROTO_FILES)
+	$(BIN)/python -m grpc_tools.protoc -I protos --include_imports --include_source_info \
+	    --descriptor_set_out=$(DESCRIPTOR) $(PROTO_FILES)
+	find $(GEN_DIR)/medseg/*/ -type d -exec touch {}/__init__.py \;
+
+# CI: regenerate and fail when the committed stubs differ.
+protos-check: protos
+	git diff --exit-code -- $(GEN_DIR)/medseg $(DESCRIPTOR) || \
+	    (echo "generated code is stale: run 'make protos' and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- $(GEN_DIR)/medseg $(DESCRIPTOR))" || \
+	    (git status --porcelain -- $(GEN_DIR)/medseg $(DESCRIPTOR); echo "untracked generated files" >&2; exit 1)

@@ -1,0 +1,39 @@
+"""The label convention, read from the contract (protos/medseg/volume/v1/volume.proto).
+
+The enum there is the one place where label numbers, names and colours are defined; this
+module only turns it into convenient Python values.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+from medseg.volume.v1 import volume_pb2
+
+_DESCRIPTOR = volume_pb2.Label.DESCRIPTOR
+
+
+def _option(value_descriptor, extension) -> str:
+    return value_descriptor.GetOptions().Extensions[extension]
+
+
+# value -> lower-case structure name, e.g. {0: "background", 1: "kidney", ...}
+NAMES: dict[int, str] = {v.number: _option(v, volume_pb2.label_name) for v in _DESCRIPTOR.values}
+# value -> "#rrggbb"
+COLORS: dict[int, str] = {v.number: _option(v, volume_pb2.label_color) for v in _DESCRIPTOR.values}
+
+# Label.KIDNEY == 1 etc.; members are named after the structure.
+Label = IntEnum("Label", {name.upper(): value for value, name in NAMES.items()})
+
+# Structures of the convention (everything but background).
+STRUCTURES: dict[int, str] = {v: n for v, n in NAMES.items() if v != 0}
+
+
+def color_rgb(value: int) -> tuple[float, float, float]:
+    """Colour of a convention label as floats in 0..1."""
+    hex_color = COLORS[value].lstrip("#")
+    return tuple(int(hex_color[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def convention_table() -> dict[int, str]:
+    """The convention's label table, background included."""
+    return dict(NAMES)

@@ -1,0 +1,134 @@
+"""In-memory volumes with ITK geometry, and reading/writing them with SimpleITK.
+
+A Volume holds the voxel array in numpy (z, y, x) order, exactly as
+SimpleITK.GetArrayFromImage returns it, plus geometry in ITK order: spacing (x, y, z) mm,
+origin (x, y, z) mm in LPS, direction as a row-major 3x3 tuple. Science code takes and
+returns Volumes (or arrays + geometry) and knows nothing of gRPC.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class Volume:
+    """A 3D image or mask with its physical geometry.
+
+    array: (z, y, x) voxels. spacing/origin: (x, y, z) mm. direction: row-major 3x3.
+    labels: label table {value: name} for masks, None for images.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = IDENTITY
+    labels: dict[int, str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
+        self.direction = tuple(float(d) for d in self.direction)
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Voxels along x, y, z (ITK order)."""
+        z, y, x = self.array.shape
+        return (x, y, z)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing))
+
+    def with_array(self, array: np.ndarray, labels: dict[int, str] | None = None) -> "Volume":
+        """Same geometry, other voxels (e.g. a mask computed from this image)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from volume shape {self.array.shape}")
+        return replace(self, array=array, labels=labels)
+
+    def same_grid(self, other: "Volume", tol: float = 1e-4) -> bool:
+        """True when both volumes share size, spacing, origin and direction."""
+        return (
+            self.array.shape == other.array.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def index_to_physical_matrix(self) -> np.ndarray:
+        """4x4 matrix mapping homogeneous voxel index (x, y, z, 1) to LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(self.direction).reshape(3, 3) @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    def sha256(self) -> str:
+        """Digest of the voxel bytes as little-endian, x fastest (the wire's RAW layout)."""
+        return hashlib.sha256(raw_bytes(self.array)).hexdigest()
+
+    def to_image(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    @classmethod
+    def from_image(cls, image: sitk.Image, labels: dict[int, str] | None = None) -> "Volume":
+        if image.GetDimension() != 3:
+            raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}")
+        return cls(
+            array=sitk.GetArrayFromImage(image),
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=image.GetDirection(),
+            labels=labels,
+        )
+
+
+def raw_bytes(array: np.ndarray) -> memoryview:
+    """The array's voxels as little-endian bytes in C order (x fastest for (z, y, x))."""
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return memoryview(np.ascontiguousarray(little)).cast("B")
+
+
+def read_volume(path: str | Path, labels: dict[int, str] | None = None) -> Volume:
+    """Read a NIfTI/NRRD/MHA file, or a DICOM series folder, into a Volume."""
+    path = Path(path)
+    if path.is_dir():
+        return Volume.from_image(read_dicom_series(path), labels)
+    return Volume.from_image(sitk.ReadImage(str(path)), labels)
+
+
+def read_dicom_series(folder: str | Path) -> sitk.Image:
+    """Read the (first, largest) DICOM series in a folder."""
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise FileNotFoundError(f"no DICOM series in {folder}")
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def write_volume(volume: Volume, path: str | Path) -> Path:
+    """Write atomically: a temporary file in the same folder, renamed into place, so a
+    failure never leaves a half-written result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.partial{suffix}")
+    try:
+        sitk.WriteImage(volume.to_image(), str(tmp), useCompression=path.name.endswith(".gz"))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
