@@ -1,0 +1,1 @@
+"""smoothing_svc package."""
