@@ -1,0 +1,111 @@
+"""Region-of-interest helpers shared by the post-processing operations.
+
+Every operation works on the smallest box that holds what it needs: find the box of a
+mask plus a margin in mm (so anisotropic spacing is handled), cut the volume to it with
+its geometry kept exact, work there, and paste the result back into the full grid.
+
+Stable API (other modules import it):
+    bbox_of(mask_bool, margin_mm, spacing) -> tuple[slice, slice, slice]
+    crop(volume, slices) -> Volume
+    paste(full_array, slices, cropped_array) -> full_array
+    grid_mismatch(reference, other) -> str | None
+    require_same_grid(reference, other, what, reference_name="mask")
+Slices are in array order (z, y, x); spacing is in Volume order (x, y, z).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from medseg.volumes import Volume
+
+Slices = tuple[slice, slice, slice]
+
+
+def margin_voxels(margin_mm: float, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Margin in voxels along (z, y, x) covering at least margin_mm on each axis."""
+    if margin_mm < 0:
+        raise ValueError(f"margin_mm must be >= 0, got {margin_mm}")
+    sx, sy, sz = spacing
+    return tuple(int(math.ceil(margin_mm / s - 1e-9)) for s in (sz, sy, sx))  # type: ignore[return-value]
+
+
+def bbox_of(mask_bool: np.ndarray, margin_mm: float, spacing: tuple[float, float, float]) -> Slices:
+    """Bounding box (z, y, x slices) of the True voxels grown by margin_mm, clipped to the array.
+
+    Raises ValueError for an empty mask: there is no region to work on.
+    """
+    mask_bool = np.asarray(mask_bool)
+    if mask_bool.ndim != 3:
+        raise ValueError(f"expected a 3D mask, got {mask_bool.ndim}D")
+    pad = margin_voxels(margin_mm, spacing)
+    slices = []
+    for axis in range(3):
+        # Project onto one axis at a time: cheaper than np.nonzero on a large volume.
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(mask_bool.any(axis=other))
+        if present.size == 0:
+            raise ValueError("cannot take the bounding box of an empty mask")
+        lo = max(0, int(present[0]) - pad[axis])
+        hi = min(mask_bool.shape[axis], int(present[-1]) + 1 + pad[axis])
+        slices.append(slice(lo, hi))
+    return tuple(slices)  # type: ignore[return-value]
+
+
+def full_slices(shape: tuple[int, ...]) -> Slices:
+    """Slices covering a whole (z, y, x) array."""
+    return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
+
+
+def union_slices(a: Slices, b: Slices) -> Slices:
+    """Smallest box holding both boxes."""
+    return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))  # type: ignore[return-value]
+
+
+def crop(volume: Volume, slices: Slices) -> Volume:
+    """The sub-volume inside slices, with its origin moved so every voxel keeps its
+    physical position (direction and spacing unchanged). The array is a view."""
+    z, y, x = (s.start or 0 for s in slices)
+    origin = volume.index_to_physical_matrix() @ np.array([x, y, z, 1.0])
+    return Volume(
+        array=volume.array[slices],
+        spacing=volume.spacing,
+        origin=tuple(origin[:3]),
+        direction=volume.direction,
+        labels=volume.labels,
+    )
+
+
+def paste(full_array: np.ndarray, slices: Slices, cropped_array: np.ndarray) -> np.ndarray:
+    """Write cropped_array into full_array at slices (in place) and return full_array."""
+    target = full_array[slices]
+    if target.shape != cropped_array.shape:
+        raise ValueError(f"cropped array shape {cropped_array.shape} does not fit region {target.shape}")
+    full_array[slices] = cropped_array
+    return full_array
+
+
+def grid_mismatch(reference: Volume, other: Volume, tol: float = 1e-4) -> str | None:
+    """None when both volumes share a grid, else which properties differ and how."""
+    problems = []
+    if reference.size != other.size:
+        problems.append(f"size {other.size} vs {reference.size}")
+    if not np.allclose(reference.spacing, other.spacing, atol=tol):
+        problems.append(f"spacing {_fmt(other.spacing)} vs {_fmt(reference.spacing)}")
+    if not np.allclose(reference.origin, other.origin, atol=tol):
+        problems.append(f"origin {_fmt(other.origin)} vs {_fmt(reference.origin)}")
+    if not np.allclose(reference.direction, other.direction, atol=tol):
+        problems.append(f"direction {_fmt(other.direction)} vs {_fmt(reference.direction)}")
+    return "; ".join(problems) or None
+
+
+def require_same_grid(reference: Volume, other: Volume, what: str, reference_name: str = "mask") -> None:
+    """Raise ValueError naming the volume and the differing properties when grids differ."""
+    problem = grid_mismatch(reference, other)
+    if problem:
+        raise ValueError(f"{what} is not on the {reference_name}'s grid ({what} vs {reference_name}): {problem}")
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
