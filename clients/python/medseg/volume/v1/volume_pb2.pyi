@@ -184,3 +184,11 @@ class ResultInfo(_message.Message):
     sent: _containers.RepeatedCompositeFieldContainer[Digest]
     timings: _containers.RepeatedCompositeFieldContainer[Timing]
     def __init__(self, received: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., sent: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[Timing, _Mapping]]] = ...) -> None: ...
+
+class OutputOptions(_message.Message):
+    __slots__ = ("path", "inline")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    inline: bool
+    def __init__(self, path: _Optional[str] = ..., inline: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,212 @@
+from medseg.volume.v1 import volume_pb2 as _volume_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_UNSPECIFIED: _ClassVar[Task]
+    TASK_TOTAL: _ClassVar[Task]
+    TASK_VESSELS: _ClassVar[Task]
+    TASK_URETER: _ClassVar[Task]
+    TASK_TUMOR: _ClassVar[Task]
+TASK_UNSPECIFIED: Task
+TASK_TOTAL: Task
+TASK_VESSELS: Task
+TASK_URETER: Task
+TASK_TUMOR: Task
+
+class SegmentationResult(_message.Message):
+    __slots__ = ("outputs", "device", "info")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[_volume_pb2.OutputVolume]
+    device: str
+    info: _volume_pb2.ResultInfo
+    def __init__(self, outputs: _Optional[_Iterable[_Union[_volume_pb2.OutputVolume, _Mapping]]] = ..., device: _Optional[str] = ..., info: _Optional[_Union[_volume_pb2.ResultInfo, _Mapping]] = ...) -> None: ...
+
+class SegmentTotalParams(_message.Message):
+    __slots__ = ("ct_path", "output")
+    CT_PATH_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ct_path: str
+    output: _volume_pb2.OutputOptions
+    def __init__(self, ct_path: _Optional[str] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ...) -> None: ...
+
+class SegmentTotalRequest(_message.Message):
+    __slots__ = ("params", "chunk")
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    params: SegmentTotalParams
+    chunk: _volume_pb2.VolumeChunk
+    def __init__(self, params: _Optional[_Union[SegmentTotalParams, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ...) -> None: ...
+
+class SegmentTotalResponse(_message.Message):
+    __slots__ = ("progress", "chunk", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: _volume_pb2.Progress
+    chunk: _volume_pb2.VolumeChunk
+    result: SegmentationResult
+    def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
+
+class SegmentVesselsParams(_message.Message):
+    __slots__ = ("arterial_path", "portal_path", "disable_kidney_crop", "output")
+    ARTERIAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    PORTAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    arterial_path: str
+    portal_path: str
+    disable_kidney_crop: bool
+    output: _volume_pb2.OutputOptions
+    def __init__(self, arterial_path: _Optional[str] = ..., portal_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ...) -> None: ...
+
+class SegmentVesselsRequest(_message.Message):
+    __slots__ = ("params", "chunk")
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    params: SegmentVesselsParams
+    chunk: _volume_pb2.VolumeChunk
+    def __init__(self, params: _Optional[_Union[SegmentVesselsParams, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ...) -> None: ...
+
+class SegmentVesselsResponse(_message.Message):
+    __slots__ = ("progress", "chunk", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: _volume_pb2.Progress
+    chunk: _volume_pb2.VolumeChunk
+    result: SegmentationResult
+    def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
+
+class SegmentUreterParams(_message.Message):
+    __slots__ = ("delayed_path", "disable_kidney_crop", "output")
+    DELAYED_PATH_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    delayed_path: str
+    disable_kidney_crop: bool
+    output: _volume_pb2.OutputOptions
+    def __init__(self, delayed_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ...) -> None: ...
+
+class SegmentUreterRequest(_message.Message):
+    __slots__ = ("params", "chunk")
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    params: SegmentUreterParams
+    chunk: _volume_pb2.VolumeChunk
+    def __init__(self, params: _Optional[_Union[SegmentUreterParams, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ...) -> None: ...
+
+class SegmentUreterResponse(_message.Message):
+    __slots__ = ("progress", "chunk", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: _volume_pb2.Progress
+    chunk: _volume_pb2.VolumeChunk
+    result: SegmentationResult
+    def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
+
+class SegmentTumorParams(_message.Message):
+    __slots__ = ("ct_path", "disable_kidney_crop", "output")
+    CT_PATH_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ct_path: str
+    disable_kidney_crop: bool
+    output: _volume_pb2.OutputOptions
+    def __init__(self, ct_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ...) -> None: ...
+
+class SegmentTumorRequest(_message.Message):
+    __slots__ = ("params", "chunk")
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    params: SegmentTumorParams
+    chunk: _volume_pb2.VolumeChunk
+    def __init__(self, params: _Optional[_Union[SegmentTumorParams, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ...) -> None: ...
+
+class SegmentTumorResponse(_message.Message):
+    __slots__ = ("progress", "chunk", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: _volume_pb2.Progress
+    chunk: _volume_pb2.VolumeChunk
+    result: SegmentationResult
+    def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
+
+class SegmentCaseParams(_message.Message):
+    __slots__ = ("tasks", "arterial_path", "portal_path", "delayed_path", "disable_kidney_crop", "output_dir", "inline")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    ARTERIAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    PORTAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_PATH_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedScalarFieldContainer[Task]
+    arterial_path: str
+    portal_path: str
+    delayed_path: str
+    disable_kidney_crop: bool
+    output_dir: str
+    inline: bool
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, str]]] = ..., arterial_path: _Optional[str] = ..., portal_path: _Optional[str] = ..., delayed_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output_dir: _Optional[str] = ..., inline: _Optional[bool] = ...) -> None: ...
+
+class SegmentCaseRequest(_message.Message):
+    __slots__ = ("params", "chunk")
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    params: SegmentCaseParams
+    chunk: _volume_pb2.VolumeChunk
+    def __init__(self, params: _Optional[_Union[SegmentCaseParams, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ...) -> None: ...
+
+class SegmentCaseResponse(_message.Message):
+    __slots__ = ("progress", "chunk", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: _volume_pb2.Progress
+    chunk: _volume_pb2.VolumeChunk
+    result: SegmentationResult
+    def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("task", "phases", "labels", "model_folders", "ready", "kidney_crop")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FOLDERS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
+    task: Task
+    phases: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.RepeatedCompositeFieldContainer[_volume_pb2.LabelEntry]
+    model_folders: _containers.RepeatedScalarFieldContainer[str]
+    ready: bool
+    kidney_crop: bool
+    def __init__(self, task: _Optional[_Union[Task, str]] = ..., phases: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[_volume_pb2.LabelEntry, _Mapping]]] = ..., model_folders: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., kidney_crop: _Optional[bool] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "device", "queue_depth", "queue_capacity")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    device: str
+    queue_depth: int
+    queue_capacity: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ...) -> None: ...
