@@ -10,6 +10,8 @@ Stable API (other modules import it):
     paste(full_array, slices, cropped_array) -> full_array
     grid_mismatch(reference, other) -> str | None
     require_same_grid(reference, other, what, reference_name="mask")
+    require_convention(array, what, allowed) -> values present
+    report_stage(progress, cancelled, stage, fraction, message); OperationCancelled
 Slices are in array order (z, y, x); spacing is in Volume order (x, y, z).
 """
 from __future__ import annotations
@@ -109,3 +111,40 @@ def require_same_grid(reference: Volume, other: Volume, what: str, reference_nam
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+class OperationCancelled(RuntimeError):
+    """Raised between stages when the caller's cancelled() callback returns True."""
+
+
+def report_stage(progress, cancelled, stage: str, fraction: float, message: str = "") -> None:
+    """Tell the caller where we are, and stop if it has cancelled."""
+    if cancelled is not None and cancelled():
+        raise OperationCancelled(f"cancelled before stage '{stage}'")
+    if progress is not None:
+        progress(stage, float(fraction), message)
+
+
+def label_values_present(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer label array (bincount: fast on big uint8/16 masks)."""
+    array = np.asarray(array)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise ValueError(f"label values must be whole numbers, got dtype {array.dtype} with fractions")
+        return np.unique(array).astype(np.int64)
+    lo, hi = int(array.min()), int(array.max())
+    if lo >= 0 and hi < 65536:
+        return np.flatnonzero(np.bincount(array.ravel(), minlength=hi + 1))
+    return np.unique(array).astype(np.int64)
+
+
+def require_convention(array: np.ndarray, what: str, allowed: dict[int, str]) -> np.ndarray:
+    """Values present in a convention mask; ValueError naming the values outside `allowed`."""
+    present = label_values_present(array)
+    unknown = [int(v) for v in present if int(v) not in allowed]
+    if unknown:
+        expected = ", ".join(f"{v}={n}" for v, n in sorted(allowed.items()))
+        raise ValueError(f"{what} has values {unknown} outside the label convention (expected {expected})")
+    return present
