@@ -1,0 +1,246 @@
+"""Python client: one method per operation, volumes inline or by reference.
+
+    from medseg.client import Client, Ref
+    with Client("localhost:8080") as client:
+        out = client.measure("case/labels.nii.gz")            # local file, sent inline
+        out = client.measure(Ref("case/labels.nii.gz"))       # path under the data root
+        out.result.labels[0].volume_ml
+
+Every inline volume that comes back is checked against the digest the server reports.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from medseg import codec, stack
+from medseg.nnunet.v1 import nnunet_pb2 as nn
+from medseg.nnunet.v1 import nnunet_pb2_grpc
+from medseg.postprocess.v1 import postprocess_pb2 as pp
+from medseg.postprocess.v1 import postprocess_pb2_grpc
+from medseg.smoothing.v1 import smoothing_pb2 as sm
+from medseg.smoothing.v1 import smoothing_pb2_grpc
+from medseg.volume.v1 import volume_pb2 as vpb
+from medseg.volumes import Volume, read_volume
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A path under the server's data root (sent by reference, not uploaded)."""
+
+    path: str
+
+
+Input = Union[Ref, Volume, str, Path, None]
+ProgressFn = Callable[[vpb.Progress], None]
+
+
+@dataclass
+class CallResult:
+    """What an operation returned: the result message, inline volumes and files."""
+
+    result: object
+    volumes: dict[str, Volume] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class IntegrityError(Exception):
+    """An inline result's bytes do not match the digest the server reported."""
+
+
+def _as_volume(value: Volume | str | Path) -> Volume:
+    return value if isinstance(value, Volume) else read_volume(value)
+
+
+def _requests(request_cls, params, inputs: dict[str, Input]) -> Iterator:
+    yield request_cls(params=params)
+    for role, value in inputs.items():
+        if value is None or isinstance(value, Ref):
+            continue
+        for chunk in codec.volume_chunks(_as_volume(value), role):
+            yield request_cls(chunk=chunk)
+
+
+def _path_fields(inputs: dict[str, Input]) -> dict[str, str]:
+    return {f"{role}_path": value.path for role, value in inputs.items() if isinstance(value, Ref)}
+
+
+def output_options(output: str | None = None, inline: bool | None = None) -> vpb.OutputOptions:
+    """output: data-root path to write the result to; inline: stream it back too."""
+    return vpb.OutputOptions(path=output or "", inline=bool(inline))
+
+
+class Client:
+    def __init__(self, target: str | None = None, timeout: float | None = None,
+                 max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES):
+        self.target = target or stack.gateway_address()
+        self.timeout = timeout
+        self.max_volume_bytes = max_volume_bytes
+        self.channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self.nnunet = nnunet_pb2_grpc.NnUNetServiceStub(self.channel)
+        self.smoothing = smoothing_pb2_grpc.SmoothingServiceStub(self.channel)
+        self.postprocess = postprocess_pb2_grpc.PostprocessServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- generic streaming call ------------------------------------------------------
+
+    def _call(self, method, request_cls, params, inputs: dict[str, Input],
+              progress: ProgressFn | None) -> CallResult:
+        responses = method(_requests(request_cls, params, inputs), timeout=self.timeout)
+        assembler = codec.VolumeAssembler(self.max_volume_bytes)
+        files: dict[str, bytearray] = {}
+        result = None
+        for response in responses:
+            kind = response.WhichOneof("payload")
+            if kind == "progress" and progress:
+                progress(response.progress)
+            elif kind == "chunk":
+                assembler.add(response.chunk)
+            elif kind == "file":
+                files.setdefault(response.file.name, bytearray()).extend(response.file.data)
+            elif kind == "result":
+                result = response.result
+        if result is None:
+            raise RuntimeError("the server closed the stream without a result")
+        volumes = {item.role: item for item in assembler.finish()}
+        self._verify(result, volumes, files)
+        return CallResult(result, {r: v.volume for r, v in volumes.items()},
+                          {n: bytes(b) for n, b in files.items()})
+
+    @staticmethod
+    def _verify(result, volumes, files) -> None:
+        sent = {(d.role, d.path): d.sha256 for d in result.info.sent}
+        for role, item in volumes.items():
+            if sent.get((role, "")) != item.sha256:
+                raise IntegrityError(f"inline volume '{role}' digest {item.sha256} does not match "
+                                     f"the server's {sent.get((role, ''))}")
+        for name, data in files.items():
+            digest = hashlib.sha256(data).hexdigest()
+            if sent.get((name, "")) != digest:
+                raise IntegrityError(f"file '{name}' digest does not match the server's")
+
+    # --- postprocess -----------------------------------------------------------------
+
+    def measure(self, mask: Input, progress: ProgressFn | None = None) -> CallResult:
+        inputs = {"mask": mask}
+        return self._call(self.postprocess.Measure, pp.MeasureRequest,
+                          pp.MeasureParams(**_path_fields(inputs)), inputs, progress)
+
+    def add_fat(self, mask: Input, organs: Input, ct: Input = None, *, margin_mm=None,
+                hu_min=None, hu_max=None, output=None, inline=None, progress=None) -> CallResult:
+        inputs = {"mask": mask, "organs": organs, "ct": ct}
+        options = {k: v for k, v in dict(margin_mm=margin_mm, hu_min=hu_min, hu_max=hu_max).items()
+                   if v is not None}
+        params = pp.AddFatParams(**_path_fields(inputs), **options,
+                                 output=output_options(output, inline))
+        return self._call(self.postprocess.AddFat, pp.AddFatRequest, params, inputs, progress)
+
+    def sample_from_template(self, mask: Input, template: Input = None, *, output=None,
+                             inline=None, progress=None) -> CallResult:
+        inputs = {"mask": mask, "template": template}
+        params = pp.SampleFromTemplateParams(**_path_fields(inputs),
+                                             output=output_options(output, inline))
+        return self._call(self.postprocess.SampleFromTemplate, pp.SampleFromTemplateRequest,
+                          params, inputs, progress)
+
+    def connect_vessels(self, mask: Input, *, limits: dict | None = None, backend: int = 0,
+                        output=None, inline=None, progress=None) -> CallResult:
+        inputs = {"mask": mask}
+        params = pp.ConnectVesselsParams(**_path_fields(inputs), limits=pp.RepairLimits(**(limits or {})),
+                                         backend=backend, output=output_options(output, inline))
+        return self._call(self.postprocess.ConnectVessels, pp.ConnectVesselsRequest, params,
+                          inputs, progress)
+
+    def connect_ureters(self, mask: Input, *, limits: dict | None = None, backend: int = 0,
+                        output=None, inline=None, progress=None) -> CallResult:
+        inputs = {"mask": mask}
+        params = pp.ConnectUretersParams(**_path_fields(inputs), limits=pp.RepairLimits(**(limits or {})),
+                                         backend=backend, output=output_options(output, inline))
+        return self._call(self.postprocess.ConnectUreters, pp.ConnectUretersRequest, params,
+                          inputs, progress)
+
+    # --- smoothing -------------------------------------------------------------------
+
+    def mesh(self, mask: Input, *, labels=(), smoothing=None, decimation=0.0, min_island_mm3=None,
+             coordinate_system=0, fmt=0, output=None, inline=None, progress=None) -> CallResult:
+        inputs = {"mask": mask}
+        options = {k: v for k, v in dict(smoothing=smoothing, min_island_mm3=min_island_mm3).items()
+                   if v is not None}
+        params = sm.MeshMaskParams(**_path_fields(inputs), labels=list(labels), decimation=decimation,
+                                   coordinate_system=coordinate_system, format=fmt,
+                                   output_path=output or "", inline=bool(inline), **options)
+        return self._call(self.smoothing.MeshMask, sm.MeshMaskRequest, params, inputs, progress)
+
+    # --- nnunet ----------------------------------------------------------------------
+
+    def segment_total(self, ct: Input, *, output=None, inline=None, progress=None) -> CallResult:
+        inputs = {"ct": ct}
+        params = nn.SegmentTotalParams(**_path_fields(inputs), output=output_options(output, inline))
+        return self._call(self.nnunet.SegmentTotal, nn.SegmentTotalRequest, params, inputs, progress)
+
+    def segment_vessels(self, arterial: Input, portal: Input, *, kidney_crop=True, output=None,
+                        inline=None, progress=None) -> CallResult:
+        inputs = {"arterial": arterial, "portal": portal}
+        params = nn.SegmentVesselsParams(**_path_fields(inputs), disable_kidney_crop=not kidney_crop,
+                                         output=output_options(output, inline))
+        return self._call(self.nnunet.SegmentVessels, nn.SegmentVesselsRequest, params, inputs, progress)
+
+    def segment_ureter(self, delayed: Input, *, kidney_crop=True, output=None, inline=None,
+                       progress=None) -> CallResult:
+        inputs = {"delayed": delayed}
+        params = nn.SegmentUreterParams(**_path_fields(inputs), disable_kidney_crop=not kidney_crop,
+                                        output=output_options(output, inline))
+        return self._call(self.nnunet.SegmentUreter, nn.SegmentUreterRequest, params, inputs, progress)
+
+    def segment_tumor(self, ct: Input, *, kidney_crop=True, output=None, inline=None,
+                      progress=None) -> CallResult:
+        inputs = {"ct": ct}
+        params = nn.SegmentTumorParams(**_path_fields(inputs), disable_kidney_crop=not kidney_crop,
+                                       output=output_options(output, inline))
+        return self._call(self.nnunet.SegmentTumor, nn.SegmentTumorRequest, params, inputs, progress)
+
+    def segment_case(self, tasks: list[str], *, arterial: Input = None, portal: Input = None,
+                     delayed: Input = None, kidney_crop=True, output_dir=None, inline=None,
+                     progress=None) -> CallResult:
+        inputs = {"arterial": arterial, "portal": portal, "delayed": delayed}
+        params = nn.SegmentCaseParams(
+            tasks=[nn.Task.Value(f"TASK_{t.upper()}") for t in tasks], **_path_fields(inputs),
+            disable_kidney_crop=not kidney_crop, output_dir=output_dir or "", inline=bool(inline))
+        return self._call(self.nnunet.SegmentCase, nn.SegmentCaseRequest, params, inputs, progress)
+
+    def list_models(self) -> nn.ListModelsResponse:
+        return self.nnunet.ListModels(nn.ListModelsRequest(), timeout=self.timeout or 10)
+
+    # --- health ----------------------------------------------------------------------
+
+    def status(self, timeout: float = 5.0) -> dict[str, str]:
+        """Readiness of each service as seen through the gateway: SERVING, NOT_SERVING,
+        or the error that prevented the check."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        states = {}
+        for short, full in stack.SERVICE_NAMES.items():
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=full), timeout=timeout,
+                                   metadata=[(stack.HEALTH_ROUTE_HEADER, short)])
+                states[short] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                states[short] = f"{exc.code().name}: {exc.details()}"
+        return states

@@ -1,0 +1,55 @@
+"""Server configuration from the environment (built in main(), passed in; never global)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg import stack
+from medseg.codec import DEFAULT_MAX_VOLUME_BYTES
+
+
+def _env(name: str, default, cast=str):
+    value = os.environ.get(name)
+    return default if value in (None, "") else cast(value)
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server. Env: MEDSEG_DATA_ROOT, MEDSEG_MAX_VOLUME_BYTES,
+    MEDSEG_<SERVICE>_PORT, MEDSEG_<SERVICE>_HOST, MEDSEG_<SERVICE>_WORKERS (concurrent
+    computations), MEDSEG_<SERVICE>_QUEUE (queued + running before RESOURCE_EXHAUSTED),
+    MEDSEG_DRAIN_SECONDS (wait after NOT_SERVING so the gateway notices),
+    MEDSEG_GRACE_SECONDS (time in-flight calls get on shutdown)."""
+
+    service: str
+    data_root: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES
+    compute_workers: int = 1
+    queue_capacity: int = 8
+    drain_seconds: float = 0.0
+    grace_seconds: float = 10.0
+
+    @property
+    def rpc_threads(self) -> int:
+        # More gRPC threads than computations, so health checks and receiving never starve.
+        return self.queue_capacity + self.compute_workers + 8
+
+    @classmethod
+    def from_env(cls, service: str, default_workers: int = 1, **overrides) -> "ServerConfig":
+        up = service.upper()
+        values = dict(
+            service=service,
+            data_root=Path(_env("MEDSEG_DATA_ROOT", "data")).resolve(),
+            host=_env(f"MEDSEG_{up}_HOST", "127.0.0.1"),
+            port=stack.port(service),
+            max_volume_bytes=_env("MEDSEG_MAX_VOLUME_BYTES", DEFAULT_MAX_VOLUME_BYTES, int),
+            compute_workers=_env(f"MEDSEG_{up}_WORKERS", default_workers, int),
+            queue_capacity=_env(f"MEDSEG_{up}_QUEUE", 8, int),
+            drain_seconds=_env("MEDSEG_DRAIN_SECONDS", 6.0, float),
+            grace_seconds=_env("MEDSEG_GRACE_SECONDS", 10.0, float),
+        )
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,105 @@
+"""Exceptions -> gRPC status codes, in one place. No handler lets an exception escape as
+UNKNOWN: anything unexpected becomes INTERNAL with a generic message (logged in full)."""
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from medseg.codec import DigestMismatch, VolumeTooLarge
+
+log = logging.getLogger("medseg.serving")
+
+
+class FieldError(ValueError):
+    """Bad input in a named request field (INVALID_ARGUMENT with a BadRequest detail)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.description = message
+
+
+class QueueFull(Exception):
+    """The work queue is at capacity (RESOURCE_EXHAUSTED; retry later)."""
+
+
+class NotReady(Exception):
+    """Models or resources are still loading (UNAVAILABLE; retry with backoff)."""
+
+
+class Cancelled(Exception):
+    """The client cancelled or its deadline passed."""
+
+
+class Unsupported(Exception):
+    """The request needs something this deployment does not have (FAILED_PRECONDITION)."""
+
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (DigestMismatch, grpc.StatusCode.DATA_LOSS),
+    (VolumeTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (Cancelled, grpc.StatusCode.CANCELLED),
+    (Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
+    (FileNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc) or kind.__name__
+    incident = uuid.uuid4().hex[:8]
+    log.exception("internal error %s", incident, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident}; see server log)"
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    code, message = status_of(exc)
+    if code is not grpc.StatusCode.INTERNAL:
+        log.info("%s: %s", code.name, message)
+    details = []
+    if isinstance(exc, FieldError):
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)]))
+        details.append(detail)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def streaming_rpc(method):
+    """Wrap a response-streaming handler so every exception becomes a proper status."""
+
+    @functools.wraps(method)
+    def handler(self, request_iterator, context):
+        try:
+            yield from method(self, request_iterator, context)
+        except Exception as exc:  # noqa: BLE001 - mapped, never escapes as UNKNOWN
+            if context.is_active() or not isinstance(exc, Cancelled):
+                abort(context, exc)
+
+    return handler
+
+
+def unary_rpc(method):
+    """Same as streaming_rpc for unary handlers."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001
+            abort(context, exc)
+
+    return handler

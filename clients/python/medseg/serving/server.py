@@ -1,0 +1,96 @@
+"""gRPC server factory shared by the three servers: health (NOT_SERVING until ready, back
+to NOT_SERVING on shutdown), reflection for the whole contract, message limits, graceful
+SIGTERM."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+# Import every contract so reflection on any server describes all three services: the
+# gateway routes reflection to one cluster, and that one must answer for everything.
+from medseg.nnunet.v1 import nnunet_pb2
+from medseg.postprocess.v1 import postprocess_pb2
+from medseg.serving.config import ServerConfig
+from medseg.smoothing.v1 import smoothing_pb2
+
+log = logging.getLogger("medseg.serving")
+
+ALL_SERVICES = [
+    nnunet_pb2.DESCRIPTOR.services_by_name["NnUNetService"].full_name,
+    smoothing_pb2.DESCRIPTOR.services_by_name["SmoothingService"].full_name,
+    postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name,
+]
+# Inline chunks are ~1 MiB; anything far larger is not a chunk.
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+class Server:
+    """A started-or-startable gRPC server with its health servicer."""
+
+    def __init__(self, config: ServerConfig, service_name: str):
+        self.config = config
+        self.service_name = service_name
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.rpc_threads,
+                                       thread_name_prefix=config.service),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_time_ms", 20000),
+                ("grpc.keepalive_timeout_ms", 10000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ],
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            ALL_SERVICES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                            reflection.SERVICE_NAME], self.grpc)
+        self.set_serving(False)
+        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {config.host}:{config.port}")
+
+    def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", self.service_name):
+            self.health.set(name, status)
+
+    def start(self) -> "Server":
+        self.grpc.start()
+        return self
+
+    def stop(self, drain_seconds: float | None = None, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, give the gateway time to notice, then let in-flight
+        calls finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        drain = self.config.drain_seconds if drain_seconds is None else drain_seconds
+        if drain:
+            threading.Event().wait(drain)
+        self.grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
+
+
+def serve_forever(server: Server, on_stop=None) -> None:
+    """Block until SIGTERM/SIGINT, then stop gracefully."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("%s listening on %s:%d", server.service_name, server.config.host, server.port)
+    stop.wait()
+    log.info("%s shutting down", server.service_name)
+    server.stop()
+    if on_stop:
+        on_stop()
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
