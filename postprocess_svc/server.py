@@ -158,7 +158,7 @@ def main() -> None:
     setup_logging()
     server = create_server(ServerConfig.from_env("postprocess", default_workers=2)).start()
     server.set_serving(True)  # nothing to load: ready as soon as it listens
-    serve_forever(server, server.on_stop)
+    serve_forever(server)
 
 
 if __name__ == "__main__":

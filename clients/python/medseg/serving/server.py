@@ -36,6 +36,7 @@ class Server:
     def __init__(self, config: ServerConfig, service_name: str):
         self.config = config
         self.service_name = service_name
+        self.on_stop = None  # e.g. the work queue's shutdown, run after the server stopped
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_threads,
                                        thread_name_prefix=config.service),
@@ -78,7 +79,7 @@ class Server:
         self.grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
 
 
-def serve_forever(server: Server, on_stop=None) -> None:
+def serve_forever(server: Server) -> None:
     """Block until SIGTERM/SIGINT, then stop gracefully."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,8 +88,8 @@ def serve_forever(server: Server, on_stop=None) -> None:
     stop.wait()
     log.info("%s shutting down", server.service_name)
     server.stop()
-    if on_stop:
-        on_stop()
+    if server.on_stop:
+        server.on_stop()
 
 
 def setup_logging() -> None:
