@@ -8,7 +8,9 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIR := clients/python
 DESCRIPTOR := gateway_envoy/medseg.pb
 
-.PHONY: setup protos protos-check test demo up down bench models lint clean
+.PHONY: setup protos protos-check test test-fast demo up down status logs bench models lint clean
+STACK := $(BIN)/python gateway_envoy/stack.py
+export PYTHONPATH := $(CURDIR)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,3 +38,45 @@ protos-check: protos
 	    (echo "generated code is stale: run 'make protos' and commit" >&2; exit 1)
 	test -z "$$(git status --porcelain -- $(GEN_DIR)/medseg $(DESCRIPTOR))" || \
 	    (git status --porcelain -- $(GEN_DIR)/medseg $(DESCRIPTOR); echo "untracked generated files" >&2; exit 1)
+
+# Everything CI runs: stale-stub check, Dockerfile lint, the whole test suite.
+test: setup
+	$(MAKE) --no-print-directory protos-check
+	$(MAKE) --no-print-directory lint
+	CI=$${CI:-} $(BIN)/pytest -q
+
+# Unit tests only (no servers, no gateway).
+test-fast:
+	$(BIN)/pytest -q -m "not integration and not slow"
+
+lint:
+	$(BIN)/hadolint --failure-threshold warning */Dockerfile
+
+# Start Envoy + the three servers under supervisord; wait until all are healthy.
+up:
+	$(STACK) up
+
+down:
+	$(STACK) down
+
+status:
+	$(STACK) status
+
+logs:
+	tail -n 50 run/logs/*.log
+
+# Set up, start the stack, run a phantom case through the whole pipeline.
+demo: setup
+	$(STACK) up
+	$(BIN)/python scripts/demo.py
+
+bench:
+	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Retrain the demo nnU-Net models on phantom data (slow on CPU; results are committed).
+models:
+	$(BIN)/python scripts/train_demo_models.py
+
+clean:
+	-$(STACK) down
+	rm -rf run
