@@ -56,7 +56,7 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
 
         call = StreamingCall(context, self.config, pb.MeasureResponse)
         params = call.receive(request_iterator)
-        mask = call.load("mask", params.mask_path)
+        mask = call.load_mask("mask", params.mask_path)
         call.unused_inline({"mask"})
         measurements = yield from call.run(self.queue, lambda progress, cancelled: measure_mask(mask))
         labels = [pb.LabelMeasurement(
@@ -74,8 +74,8 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
 
         call = StreamingCall(context, self.config, pb.AddFatResponse)
         params = call.receive(request_iterator)
-        mask = call.load("mask", params.mask_path)
-        organs = call.load("organs", params.organs_path)
+        mask = call.load_mask("mask", params.mask_path)
+        organs = call.load_mask("organs", params.organs_path)
         ct = call.load("ct", params.ct_path) if call.has_input("ct", params.ct_path) else None
         call.unused_inline({"mask", "organs", "ct"})
         hu_window = (params.hu_min if params.HasField("hu_min") else -190.0,
@@ -99,8 +99,8 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
 
         call = StreamingCall(context, self.config, pb.SampleFromTemplateResponse)
         params = call.receive(request_iterator)
-        mask = call.load("mask", params.mask_path)
-        template = (call.load("template", params.template_path)
+        mask = call.load_mask("mask", params.mask_path)
+        template = (call.load_mask("template", params.template_path)
                     if call.has_input("template", params.template_path) else None)
         call.unused_inline({"mask", "template"})
         out, report = yield from call.run(self.queue, lambda progress, cancelled: fit_template(
@@ -117,7 +117,7 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
 
         call = StreamingCall(context, self.config, response_cls)
         params = call.receive(request_iterator)
-        mask = call.load("mask", params.mask_path)
+        mask = call.load_mask("mask", params.mask_path)
         call.unused_inline({"mask"})
         limits = _repair_limits(params.limits)
         backend = _BACKENDS.get(params.backend)

@@ -64,7 +64,7 @@ class SmoothingServicer(smoothing_pb2_grpc.SmoothingServiceServicer):
         call = StreamingCall(context, self.config, pb.MeshMaskResponse, chunk_field="file")
         params = call.receive(request_iterator)
         options, fmt = mesh_options(params)
-        mask = call.load("mask", params.mask_path)
+        mask = call.load_mask("mask", params.mask_path)
         call.unused_inline({"mask"})
         meshes = yield from call.run(self.queue, lambda progress, cancelled: mesh_labels(
             mask, options, progress=progress, cancelled=cancelled))

@@ -144,6 +144,15 @@ class StreamingCall:
         self.received.append(pb.Digest(role=role, sha256=item.sha256, bytes=item.nbytes))
         return item.volume
 
+    def load_mask(self, role: str, path: str, field: str | None = None) -> Volume:
+        """Like load, for label masks: the voxel type must be an integer type."""
+        field = field or f"{role}_path"
+        volume = self.load(role, path, field)
+        if volume.array.dtype.kind not in "ui":
+            raise FieldError(field, f"'{role}' must be a label mask with an integer voxel type, "
+                                    f"got {volume.array.dtype}")
+        return volume
+
     def unused_inline(self, used: set[str]) -> None:
         extra = sorted(set(self.inline) - used)
         if extra:
