@@ -6,7 +6,7 @@ Pipeline per label (after 3D Slicer's binary-labelmap -> closed-surface rule):
    each label is then cropped to its own box plus ``PAD`` voxels of background, so memory
    and time follow the structure, not the volume, and surfaces touching the volume border
    still close.
-2. Connected pieces (26-connectivity) smaller than ``min_island_mm3`` are dropped.
+2. Connected pieces (face connectivity, as the contour sees them) smaller than ``min_island_mm3`` are dropped.
 3. Contour in IJK (origin 0, spacing 1) with ``vtkDiscreteFlyingEdges3D``.
 4. Optional decimation (``vtkDecimatePro``, topology preserved) before smoothing, as Slicer.
 5. ``vtkWindowedSincPolyDataFilter`` with Slicer's mapping of a 0..1 factor s:
@@ -305,7 +305,48 @@ def _polydata(vertices: np.ndarray, faces: np.ndarray) -> vtkPolyData:
     return polydata
 
 
+def _restore_collapsed_pieces(smoothed: np.ndarray, rough: np.ndarray, faces: np.ndarray) -> int:
+    """Put back the unsmoothed vertices of pieces that smoothing collapsed, in place.
+
+    Windowed sinc keeps only low spatial frequencies: a piece of a few voxels (a lone
+    voxel, a sliver touching the rest by an edge) has none but its centroid and shrinks to
+    a point, leaving a zero-volume, self-touching surface. Such pieces stay unsmoothed.
+    Returns how many pieces were restored.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(smoothed)
+    edges = coo_matrix((np.ones(2 * len(faces)), (faces[:, [0, 1]].reshape(-1), faces[:, [1, 2]].reshape(-1))), shape=(n, n))
+    count, piece = connected_components(edges, directed=False)
+
+    def piece_volumes(vertices):
+        centre = vertices.mean(axis=0)
+        v0, v1, v2 = (vertices[faces[:, i]] - centre for i in range(3))
+        per_face = np.einsum("ij,ij->i", v0, np.cross(v1, v2)) / 6.0
+        return np.bincount(piece[faces[:, 0]], weights=per_face, minlength=count)
+
+    collapsed = np.flatnonzero(np.abs(piece_volumes(smoothed)) < 0.5 * np.abs(piece_volumes(rough)))
+    if len(collapsed):
+        moved = np.isin(piece, collapsed)
+        smoothed[moved] = rough[moved]
+    return len(collapsed)
+
+
 # --------------------------------------------------------------------------- per label
+
+# Labels smoothed together so that their shared faces stay shared (see module docstring).
+JOINT_GROUPS: tuple[frozenset[int], ...] = (frozenset({int(Label.KIDNEY), int(Label.TUMOR)}),)
+
+
+@dataclass
+class _RawSurface:
+    """Unsmoothed flying-edges surface of one label, in full-volume IJK coordinates."""
+
+    value: int
+    vertices: np.ndarray
+    faces: np.ndarray
+    notes: list[str]
 
 
 def _crop(mask: np.ndarray, box: tuple[slice, ...], value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -326,7 +367,9 @@ def _drop_islands(binary: np.ndarray, min_voxels: float) -> tuple[int, int, floa
 
     Returns (pieces kept, pieces dropped, voxels of the largest piece).
     """
-    components, count = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))
+    # Face connectivity: flying edges separates voxels that touch only by an edge or a
+    # corner into separate surfaces, so pieces are counted the way they will be meshed.
+    components, count = ndimage.label(binary)
     sizes = np.bincount(components.reshape(-1), minlength=count + 1)[1:]
     small = np.flatnonzero(sizes < min_voxels) + 1
     if len(small):
@@ -339,54 +382,85 @@ def _empty_mesh(value: int, note: str, system: str) -> LabelMesh:
                      0.0, 0.0, False, note, system)
 
 
-def mesh_label(mask: Volume, value: int, box: tuple[slice, ...], options: MeshOptions) -> LabelMesh:
-    """Mesh one label of ``mask`` inside its bounding box ``box`` (z, y, x slices)."""
-    system = options.coordinate_system.upper()
+def _raw_surface(mask: Volume, value: int, box: tuple[slice, ...], min_island_mm3: float) -> _RawSurface | str:
+    """Crop, drop islands and contour one label; a string says why nothing is left."""
     voxel_mm3 = mask.voxel_volume_mm3
     binary, start_xyz = _crop(mask.array, box, value)
-    notes = []
-    kept, dropped, largest = _drop_islands(binary, options.min_island_mm3 / voxel_mm3)
-    if dropped:
-        notes.append(f"dropped {dropped} island{'s' if dropped > 1 else ''} < {options.min_island_mm3:g} mm3")
+    kept, dropped, largest = _drop_islands(binary, min_island_mm3 / voxel_mm3)
     if kept == 0:
-        return _empty_mesh(
-            value,
-            f"all {dropped} piece(s) smaller than min_island_mm3={options.min_island_mm3:g} mm3 "
-            f"(largest {largest * voxel_mm3:.3g} mm3); nothing to mesh",
-            system,
-        )
+        return (f"all {dropped} piece(s) smaller than min_island_mm3={min_island_mm3:g} mm3 "
+                f"(largest {largest * voxel_mm3:.3g} mm3); nothing to mesh")
+    notes = []
+    if dropped:
+        notes.append(f"dropped {dropped} island{'s' if dropped > 1 else ''} < {min_island_mm3:g} mm3")
     if kept > 1:
         notes.append(f"{kept} separate pieces")
+    vertices, faces = _arrays(_contour(binary))
+    return _RawSurface(value, vertices + start_xyz, faces, notes)
 
-    polydata = _contour(binary)
-    del binary
-    if options.decimation > 0:
-        polydata = _decimate(polydata, options.decimation)
-    factor = DEFAULT_SMOOTHING[value] if options.smoothing is None else options.smoothing
-    if factor > 0:
-        polydata = _smooth(polydata, factor)
-    vertices, faces = _arrays(polydata)
-    del polydata
 
+def _smooth_arrays(vertices: np.ndarray, faces: np.ndarray, factor: float) -> np.ndarray:
+    smoothed, _ = _arrays(_smooth(_polydata(vertices, faces), factor))
+    if len(smoothed) != len(vertices):
+        raise RuntimeError("smoothing changed the number of vertices")
+    return smoothed
+
+
+def _smooth_jointly(raws: list[_RawSurface], factor: float) -> list[np.ndarray]:
+    """Smooth adjacent labels as one surface so their shared interface stays shared.
+
+    Flying edges puts every vertex at the midpoint of a voxel edge, so vertices of two
+    labels on the same voxel face have identical (half-integer) coordinates and are merged
+    exactly. The union of both labels' faces is smoothed once; each label then takes its
+    own vertices back. Interface vertices therefore move identically in both labels, and
+    the rim where the interface meets the outer surfaces (edges with three faces) is
+    smoothed as a curve by NonManifoldSmoothing.
+    """
+    keys = np.concatenate([np.rint(r.vertices * 2).astype(np.int64) for r in raws])
+    merged_keys, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    starts = np.cumsum([0] + [len(r.vertices) for r in raws])
+    all_faces = np.concatenate([inverse[starts[i] + r.faces] for i, r in enumerate(raws)])
+    # An interface face appears once in each label (opposite winding): keep one copy, or
+    # every interface edge would count as non-manifold.
+    _, first = np.unique(np.sort(all_faces, axis=1), axis=0, return_index=True)
+    smoothed = _smooth_arrays(merged_keys / 2.0, all_faces[np.sort(first)], factor)
+    return [smoothed[inverse[starts[i] : starts[i + 1]]] for i in range(len(raws))]
+
+
+def _finish(mask: Volume, raw: _RawSurface, vertices: np.ndarray, options: MeshOptions) -> LabelMesh:
+    """Island-safe smoothing result -> decimated, outward-wound LabelMesh in mm."""
+    notes = list(raw.notes)
+    faces = raw.faces
+    restored = _restore_collapsed_pieces(vertices, raw.vertices, faces)
+    if restored:
+        notes.append(f"{restored} piece(s) too small to smooth kept unsmoothed")
     # Flying edges winds all faces one way relative to the label; make that way outward
     # (positive volume) in IJK, then keep it outward through the index -> mm transform.
     if signed_volume(vertices, faces) < 0:
         faces = faces[:, ::-1].copy()
+    if options.decimation > 0:
+        decimated, decimated_faces = _arrays(_decimate(_polydata(vertices, faces), options.decimation))
+        if is_closed_and_consistent(decimated_faces, len(decimated)):
+            notes.append(f"decimated {len(faces)} -> {len(decimated_faces)} faces")
+            vertices, faces = decimated, decimated_faces
+        else:
+            notes.append("decimation would open the surface; kept all faces")
     matrix = mask.index_to_physical_matrix()
     linear = matrix[:3, :3]
-    vertices = (vertices + start_xyz) @ linear.T + matrix[:3, 3]
+    vertices = vertices @ linear.T + matrix[:3, 3]
     if np.linalg.det(linear) < 0:  # a mirroring direction matrix turns outward normals inward
         faces = faces[:, ::-1].copy()
+    system = options.coordinate_system.upper()
     if system == "RAS":
         vertices[:, :2] *= -1.0  # LPS -> RAS is a rotation (det +1): winding unchanged
-
     closed = is_closed_and_consistent(faces, len(vertices))
     if not closed:
         notes.append("surface is not closed")
     return LabelMesh(
-        value=value,
-        name=STRUCTURES[value],
-        color=COLORS[value],
+        value=raw.value,
+        name=STRUCTURES[raw.value],
+        color=COLORS[raw.value],
         vertices=vertices,
         faces=faces,
         volume_ml=signed_volume(vertices, faces) / 1000.0,
@@ -395,6 +469,18 @@ def mesh_label(mask: Volume, value: int, box: tuple[slice, ...], options: MeshOp
         note="; ".join(notes),
         coordinate_system=system,
     )
+
+
+def _groups(values: list[int]) -> list[list[int]]:
+    """Labels to mesh, with the members of a joint group that are both present together."""
+    groups, done = [], set()
+    for value in values:
+        if value in done:
+            continue
+        group = next((sorted(g & set(values)) for g in JOINT_GROUPS if value in g), [value])
+        groups.append(group)
+        done.update(group)
+    return groups
 
 
 def mesh_labels(
@@ -406,14 +492,16 @@ def mesh_labels(
     """One smoothed, closed surface per label of a convention mask, in physical mm.
 
     Returns meshes in label order; [] for a mask with no labelled voxel. A requested label
-    absent from the mask, or removed entirely by island removal, comes back as an empty
-    LabelMesh whose ``note`` says why. Raises ValueError for values outside the label
-    convention or bad options, MeshingCancelled when ``cancelled()`` turns True.
+    absent from the mask, or removed entirely by island removal (e.g. a single voxel with
+    the default min_island_mm3), comes back as an empty LabelMesh whose ``note`` says why.
+    Raises ValueError for values outside the label convention or bad options,
+    MeshingCancelled when ``cancelled()`` turns True (checked between labels).
     """
     options = options or MeshOptions()
     _validate_options(options)
     if any(s <= 0 for s in mask.spacing):
         raise ValueError(f"mask spacing must be positive, got {mask.spacing}")
+    system = options.coordinate_system.upper()
     _configure_threads()
     if progress:
         progress("scan", 0.0, "finding label bounding boxes")
@@ -421,20 +509,41 @@ def mesh_labels(
     if not boxes:
         return []
     wanted = sorted(boxes) if options.labels is None else sorted({int(v) for v in options.labels})
-    meshes = []
-    for i, value in enumerate(wanted):
-        if cancelled and cancelled():
-            raise MeshingCancelled("meshing cancelled")
-        if progress:
-            progress("mesh", i / len(wanted), f"meshing {STRUCTURES[value]}")
+    meshes: dict[int, LabelMesh] = {}
+    for value in wanted:
         if value not in boxes:
-            meshes.append(_empty_mesh(value, f"label {value} ({STRUCTURES[value]}) has no voxels in the mask",
-                                      options.coordinate_system.upper()))
+            meshes[value] = _empty_mesh(value, f"label {value} ({STRUCTURES[value]}) has no voxels in the mask", system)
+    present = [v for v in wanted if v in boxes]
+    finished = 0
+    for group in _groups(present):
+        raws = []
+        for value in group:
+            if cancelled and cancelled():
+                raise MeshingCancelled("meshing cancelled")
+            if progress:
+                progress("mesh", finished / len(present), f"meshing {STRUCTURES[value]}")
+            raw = _raw_surface(mask, value, boxes[value], options.min_island_mm3)
+            if isinstance(raw, str):
+                meshes[value] = _empty_mesh(value, raw, system)
+                finished += 1
+            else:
+                raws.append(raw)
+        if not raws:
             continue
-        meshes.append(mesh_label(mask, value, boxes[value], options))
+        # Grouped labels share one factor: the first (organ) label's.
+        factor = DEFAULT_SMOOTHING[raws[0].value] if options.smoothing is None else options.smoothing
+        if factor <= 0:
+            smoothed = [r.vertices.copy() for r in raws]
+        elif len(raws) == 1:
+            smoothed = [_smooth_arrays(raws[0].vertices, raws[0].faces, factor)]
+        else:
+            smoothed = _smooth_jointly(raws, factor)
+        for raw, vertices in zip(raws, smoothed):
+            meshes[raw.value] = _finish(mask, raw, vertices, options)
+            finished += 1
     if progress:
-        progress("mesh", 1.0, f"meshed {len(meshes)} label(s)")
-    return meshes
+        progress("mesh", 1.0, f"meshed {len(present)} label(s)")
+    return [meshes[v] for v in wanted]
 
 
 # --------------------------------------------------------------------------- files

@@ -180,3 +180,108 @@ def test_sphere_r25_accuracy(sphere_case):
 
 def test_ellipsoid_50_30_25_accuracy(ellipsoid_case):
     check_accuracy(ellipsoid_case, "ellipsoid 50/30/25")
+
+
+# --------------------------------------------------------------------------- thin tube
+
+TUBE_RADIUS, TUBE_LENGTH = 3.0, 60.0
+TUBE_AXIS = np.array([0.6, -0.3, 0.74]) / np.linalg.norm([0.6, -0.3, 0.74])  # oblique to every grid axis
+
+
+def tube_mask(direction: np.ndarray, label: int) -> Volume:
+    _, origin, points = grid_for(TUBE_LENGTH / 2 + TUBE_RADIUS + 3, direction)
+    along = (points - ORIGIN_SHIFT) @ TUBE_AXIS
+    radial = np.linalg.norm(points - ORIGIN_SHIFT - along[..., None] * TUBE_AXIS, axis=-1)
+    inside = (radial <= TUBE_RADIUS) & (np.abs(along) <= TUBE_LENGTH / 2)
+    return volume_from(inside * label, origin, direction)
+
+
+def tube_radius(mesh: LabelMesh) -> float:
+    """Mean distance of the lateral surface from the axis, away from the end caps."""
+    samples = surface_samples(mesh)
+    along = (samples - ORIGIN_SHIFT) @ TUBE_AXIS
+    lateral = samples[np.abs(along) < TUBE_LENGTH / 2 - 6]
+    radial = lateral - ORIGIN_SHIFT - np.outer((lateral - ORIGIN_SHIFT) @ TUBE_AXIS, TUBE_AXIS)
+    return float(np.linalg.norm(radial, axis=1).mean())
+
+
+@pytest.mark.parametrize("label", [Label.ARTERY, Label.URETER])
+def test_tube_r3_radius(direction, label):
+    mesh = mesh_labels(tube_mask(direction, int(label)))[0]
+    assert_closed(mesh)
+    radius = tube_radius(mesh)
+    print(f"tube r=3 as {mesh.name}: radius {radius:.3f} mm, error {radius / TUBE_RADIUS - 1:+.2%}")
+    assert abs(radius / TUBE_RADIUS - 1) <= 0.10
+    # One piece: smoothing must not pinch a thin tube apart.
+    assert trimesh.Trimesh(mesh.vertices, mesh.faces).body_count == 1
+
+
+# --------------------------------------------------------------------------- tumor in kidney
+
+# One tumor bulging out of the kidney's lateral side, one fully embedded near a pole.
+TUMORS = [
+    (ORIGIN_SHIFT + np.array([0.0, 22.0, 4.0]), 14.0),
+    (ORIGIN_SHIFT + np.array([-27.0, -3.0, -2.0]), 9.0),
+]
+
+
+@pytest.fixture(scope="module")
+def kidney_tumor_meshes(direction):
+    _, origin, points = grid_for(ELLIPSOID_AXES.max() + 5, direction)
+    kidney = (((points - ORIGIN_SHIFT) / ELLIPSOID_AXES) ** 2).sum(axis=-1) <= 1.0
+    tumor = np.zeros_like(kidney)
+    for centre, radius in TUMORS:
+        tumor |= np.linalg.norm(points - centre, axis=-1) <= radius
+    labels = np.where(tumor, int(Label.TUMOR), np.where(kidney, int(Label.KIDNEY), 0))
+    meshes = {m.value: m for m in mesh_labels(volume_from(labels, origin, direction))}
+    organ = mesh_labels(volume_from((labels > 0) * int(Label.KIDNEY), origin, direction))[0]
+    return meshes[int(Label.KIDNEY)], meshes[int(Label.TUMOR)], organ, (labels == Label.KIDNEY).sum(), tumor.sum()
+
+
+def signed_distance_to_mesh(points: np.ndarray, mesh: LabelMesh) -> np.ndarray:
+    """Signed distance in mm, negative inside the (outward-wound) mesh."""
+    import pyvista as pv
+
+    faces = np.hstack([np.full((len(mesh.faces), 1), 3), mesh.faces]).reshape(-1)
+    probe = pv.PolyData(points).compute_implicit_distance(pv.PolyData(mesh.vertices, faces))
+    return np.asarray(probe["implicit_distance"])
+
+
+def gap_in_voxels(points: np.ndarray, mesh: LabelMesh, direction: np.ndarray) -> np.ndarray:
+    """Distance from each point to the mesh, measured in voxels along the grid axes."""
+    import pyvista as pv
+
+    faces = np.hstack([np.full((len(mesh.faces), 1), 3), mesh.faces]).reshape(-1)
+    _, closest = pv.PolyData(mesh.vertices, faces).find_closest_cell(points, return_closest_point=True)
+    return np.linalg.norm(((points - closest) @ direction) / SPACING, axis=1)
+
+
+def test_kidney_tumor_interface_has_no_gap_or_overlap(kidney_tumor_meshes, direction):
+    """Where kidney and tumor touch, each surface lies on the other (<= 0.5 voxel).
+
+    The interface is found without trusting the meshes' own bookkeeping: it is every
+    point of one label's surface lying more than half a voxel (the largest spacing) inside
+    the organ (kidney + tumor meshed as one label). Such a point has a neighbour label on
+    the other side, so it must lie on that label's surface too: its distance there, in
+    voxels along the grid axes, is the local gap or overlap. Overlap is also measured
+    directly: no point of one surface may be inside the other mesh by more than 0.5 voxel.
+    """
+    kidney, tumor, organ, kidney_voxels, tumor_voxels = kidney_tumor_meshes
+    for mesh in (kidney, tumor, organ):
+        assert_closed(mesh)
+    # Each surface encloses its own label only: volumes match the voxel counts (no union),
+    # and together they fill the organ.
+    voxel_ml = SPACING.prod() / 1000
+    assert kidney.volume_ml == pytest.approx(kidney_voxels * voxel_ml, rel=0.01)
+    assert tumor.volume_ml == pytest.approx(tumor_voxels * voxel_ml, rel=0.02)
+    assert kidney.volume_ml + tumor.volume_ml == pytest.approx(organ.volume_ml, rel=0.002)
+    for this, other in ((tumor, kidney), (kidney, tumor)):
+        samples = surface_samples(this, 20000)
+        inside_organ = -signed_distance_to_mesh(samples, organ) > 0.5 * MAX_SPACING
+        assert inside_organ.sum() > 2000  # the interface is there and sampled
+        gap = gap_in_voxels(samples[inside_organ], other, direction)
+        overlap_mm = -signed_distance_to_mesh(samples, other)
+        print(f"{this.name} -> {other.name}: gap max {gap.max():.3f} voxel (p99 {np.percentile(gap, 99):.3f}) "
+              f"over {inside_organ.sum()} interface points; overlap max {max(overlap_mm.max(), 0):.3f} mm")
+        assert gap.max() <= 0.5
+        assert overlap_mm.max() <= 0.5 * MIN_SPACING
