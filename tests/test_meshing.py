@@ -285,3 +285,190 @@ def test_kidney_tumor_interface_has_no_gap_or_overlap(kidney_tumor_meshes, direc
               f"over {inside_organ.sum()} interface points; overlap max {max(overlap_mm.max(), 0):.3f} mm")
         assert gap.max() <= 0.5
         assert overlap_mm.max() <= 0.5 * MIN_SPACING
+
+
+# --------------------------------------------------------------------------- options, coordinates
+
+
+@pytest.fixture(scope="module")
+def small_ellipsoid():
+    direction = DIRECTIONS["rotated+mirrored"]
+    axes = np.array([14.0, 9.0, 8.0])
+    _, origin, points = grid_for(axes.max() + 3, direction)
+    inside = (((points - ORIGIN_SHIFT) / axes) ** 2).sum(axis=-1) <= 1.0
+    return volume_from(inside * int(Label.KIDNEY), origin, direction), 4 / 3 * np.pi * axes.prod()
+
+
+def test_ras_is_lps_with_x_and_y_flipped(small_ellipsoid):
+    mask, _ = small_ellipsoid
+    lps = mesh_labels(mask, MeshOptions(coordinate_system="LPS"))[0]
+    ras = mesh_labels(mask, MeshOptions(coordinate_system="ras"))[0]
+    np.testing.assert_allclose(ras.vertices, lps.vertices * [-1, -1, 1])
+    np.testing.assert_array_equal(ras.faces, lps.faces)
+    assert ras.coordinate_system == "RAS" and lps.coordinate_system == "LPS"
+    assert_closed(ras)  # still outward: the flip is a rotation
+    assert ras.volume_ml == pytest.approx(lps.volume_ml)
+    centroid = trimesh.Trimesh(ras.vertices, ras.faces, process=False).center_mass
+    np.testing.assert_allclose(centroid, ORIGIN_SHIFT * [-1, -1, 1], atol=0.25 * MIN_SPACING)
+
+
+def test_decimation_keeps_surface_closed_and_volume(small_ellipsoid):
+    mask, true_mm3 = small_ellipsoid
+    full = mesh_labels(mask)[0]
+    half = mesh_labels(mask, MeshOptions(decimation=0.5))[0]
+    assert_closed(half)
+    assert len(half.faces) <= 0.6 * len(full.faces)
+    assert half.volume_ml == pytest.approx(full.volume_ml, rel=0.02)
+    assert "decimated" in half.note
+    with pytest.raises(ValueError, match="decimation"):
+        mesh_labels(mask, MeshOptions(decimation=1.0))
+
+
+def test_stronger_smoothing_and_options(small_ellipsoid):
+    mask, true_mm3 = small_ellipsoid
+    # Up to Slicer's default 0.5 even a 28 x 18 x 16 mm structure keeps its volume; stronger
+    # factors cut into the shape's own frequencies (measured: -7% at 0.8, -13% at 1.0).
+    for factor in (0.0, 0.2, 0.5):
+        mesh = mesh_labels(mask, MeshOptions(smoothing=factor))[0]
+        assert_closed(mesh)
+        assert mesh.volume_ml * 1000 == pytest.approx(true_mm3, rel=0.02)
+    assert_closed(mesh_labels(mask, MeshOptions(smoothing=1.0))[0])
+    with pytest.raises(ValueError, match="smoothing"):
+        mesh_labels(mask, MeshOptions(smoothing=1.5))
+    with pytest.raises(ValueError, match="coordinate_system"):
+        mesh_labels(mask, MeshOptions(coordinate_system="XYZ"))
+
+
+def test_label_touching_the_volume_border_is_closed():
+    block = np.zeros((6, 20, 20), np.uint8)
+    block[:, 5:15, :12] = Label.FAT  # touches z = 0, z = end and x = 0
+    mesh = mesh_labels(Volume(block, (0.8, 0.8, 2.5)))[0]
+    assert_closed(mesh)
+    assert mesh.volume_ml * 1000 == pytest.approx(6 * 10 * 12 * 0.8 * 0.8 * 2.5, rel=0.05)
+
+
+def test_labels_subset_islands_progress_and_cancel():
+    array = np.zeros((12, 40, 40), np.uint8)
+    array[2:10, 5:25, 5:25] = Label.KIDNEY
+    array[4:8, 30:36, 30:36] = Label.VEIN
+    array[6, 2, 37] = Label.VEIN  # a one-voxel island of vein, 1.6 mm3
+    mask = Volume(array, tuple(SPACING), (10.0, -20.0, 30.0))
+    events = []
+    meshes = mesh_labels(mask, MeshOptions(labels=[int(Label.VEIN), int(Label.ARTERY)]),
+                         progress=lambda stage, fraction, message: events.append((stage, fraction, message)))
+    assert [m.value for m in meshes] == [int(Label.ARTERY), int(Label.VEIN)]
+    artery, vein = meshes
+    assert artery.is_empty and "no voxels" in artery.note
+    assert_closed(vein)
+    assert "dropped 1 island < 10 mm3" in vein.note
+    assert vein.volume_ml * 1000 == pytest.approx(4 * 6 * 6 * SPACING.prod(), rel=0.15)
+    assert events[-1][1] == 1.0 and all(0 <= f <= 1 for _, f, _ in events)
+    from smoothing_svc.meshing import MeshingCancelled
+
+    with pytest.raises(MeshingCancelled):
+        mesh_labels(mask, cancelled=lambda: True)
+
+
+# --------------------------------------------------------------------------- bad and degenerate input
+
+
+def test_label_outside_the_convention_is_rejected_by_name():
+    array = np.zeros((4, 8, 8), np.uint8)
+    array[1:3, 2:5, 2:5] = Label.KIDNEY
+    array[0, 0, 0] = 9
+    array[3, 7, 7] = 42
+    with pytest.raises(ValueError, match=r"\[9, 42\].*1=kidney"):
+        mesh_labels(Volume(array))
+    negative = array.astype(np.int16)
+    negative[0, 0, 1] = -1
+    with pytest.raises(ValueError, match=r"\[-1\]"):
+        mesh_labels(Volume(negative))
+    with pytest.raises(ValueError, match="not in the label convention"):
+        mesh_labels(Volume(np.zeros((4, 8, 8), np.uint8)), MeshOptions(labels=[7]))
+
+
+def test_empty_mask_gives_no_meshes():
+    assert mesh_labels(Volume(np.zeros((5, 9, 9), np.uint8), tuple(SPACING))) == []
+
+
+def test_single_voxel_label():
+    array = np.zeros((5, 9, 9), np.uint8)
+    array[2, 4, 4] = Label.TUMOR
+    mask = Volume(array, tuple(SPACING), (5.0, 6.0, 7.0), tuple(ROTATION.reshape(-1)))
+    # Default: 1.6 mm3 is below min_island_mm3, so the label is reported empty with a reason.
+    (dropped,) = mesh_labels(mask)
+    assert dropped.is_empty and not dropped.closed and dropped.volume_ml == 0
+    assert "smaller than min_island_mm3=10" in dropped.note
+    # Keeping islands: one voxel still makes a small closed surface at the right place.
+    (kept,) = mesh_labels(mask, MeshOptions(min_island_mm3=0))
+    assert_closed(kept)
+    assert "kept unsmoothed" in kept.note  # smoothing would shrink it to a point
+    voxel_centre = mask.index_to_physical_matrix() @ [4, 4, 2, 1]
+    np.testing.assert_allclose(kept.vertices.mean(axis=0), voxel_centre[:3], atol=1e-6)
+    assert 0 < kept.volume_ml * 1000 < SPACING.prod()
+    with pytest.raises(ValueError, match="no mesh has a surface"):
+        write_meshes([dropped], "/tmp/unused.obj")
+
+
+# --------------------------------------------------------------------------- files
+
+
+@pytest.fixture(scope="module")
+def three_structures():
+    direction = DIRECTIONS["rotated"]
+    _, origin, points = grid_for(30, direction)
+    offset = points - ORIGIN_SHIFT
+    array = np.zeros(points.shape[:3], np.uint8)
+    array[np.linalg.norm(offset - [-12, 0, 0], axis=-1) <= 9] = Label.KIDNEY
+    array[np.linalg.norm(offset - [-12, 7, 0], axis=-1) <= 4] = Label.TUMOR
+    array[np.linalg.norm(offset[..., :2] - [12, 0], axis=-1) <= 3] = Label.ARTERY
+    return mesh_labels(volume_from(array, origin, direction), MeshOptions(coordinate_system="RAS"))
+
+
+def test_obj_has_named_objects_materials_and_coordinate_header(three_structures, tmp_path):
+    paths = write_meshes(three_structures, tmp_path / "case.obj")
+    assert paths == [tmp_path / "case.obj", tmp_path / "case.mtl"]
+    assert not list(tmp_path.glob(".*partial"))  # no temporary file left behind
+    text = paths[0].read_text()
+    assert "# coordinates: RAS" in text and "mtllib case.mtl" in text
+    for mesh in three_structures:
+        assert f"\no {mesh.name}\nusemtl {mesh.name}\n" in text
+    materials = paths[1].read_text()
+    for mesh in three_structures:
+        r, g, b = (int(mesh.color[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        assert f"newmtl {mesh.name}\nKa 0 0 0\nKd {r:.4f} {g:.4f} {b:.4f}" in materials
+    # Split by "o" object names (not materials), so the names checked are the objects'.
+    scene = trimesh.load(paths[0], process=False, group_material=False, split_objects=True)
+    assert isinstance(scene, trimesh.Scene)
+    by_name = {name: geometry for name, geometry in scene.geometry.items()}
+    assert set(by_name) == {m.name for m in three_structures}
+    for mesh in three_structures:
+        loaded = by_name[mesh.name]
+        assert len(loaded.faces) == len(mesh.faces)
+        assert loaded.volume / 1000 == pytest.approx(mesh.volume_ml, rel=1e-4)
+        expected_rgb = np.array([int(mesh.color[i : i + 2], 16) for i in (1, 3, 5)])
+        np.testing.assert_allclose(loaded.visual.material.diffuse[:3], expected_rgb, atol=1)
+        # Written normals agree with the outward winding.
+        assert loaded.is_winding_consistent and loaded.volume > 0
+
+
+@pytest.mark.parametrize("fmt", ["stl", "ply", "glb"])
+def test_other_formats_load_back(three_structures, tmp_path, fmt):
+    (path,) = write_meshes(three_structures, tmp_path / f"case.{fmt}", fmt=fmt)
+    loaded = trimesh.load(path, process=False)
+    total_faces = sum(len(m.faces) for m in three_structures)
+    total_volume_mm3 = sum(m.volume_ml for m in three_structures) * 1000
+    if fmt == "glb":
+        assert set(loaded.geometry) == {m.name for m in three_structures}
+        for mesh in three_structures:
+            geometry = loaded.geometry[mesh.name]
+            assert len(geometry.faces) == len(mesh.faces)
+            np.testing.assert_allclose(geometry.vertices, mesh.vertices, atol=1e-3)  # float32 in glTF
+            expected_rgba = [*(int(mesh.color[i : i + 2], 16) for i in (1, 3, 5)), 255]
+            np.testing.assert_allclose(geometry.visual.material.baseColorFactor, expected_rgba, atol=1)
+    else:
+        # stl and ply hold all structures merged into one surface.
+        assert len(loaded.faces) == total_faces
+        assert loaded.volume == pytest.approx(total_volume_mm3, rel=1e-4)
+    with pytest.raises(ValueError, match="format"):
+        write_meshes(three_structures, tmp_path / "case.vtk", fmt="vtk")
