@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import string
 import subprocess
 import sys
+import tempfile
 import time
 import xmlrpc.client
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from medseg import stack as ports_config
 from medseg.client import Client
@@ -98,7 +101,8 @@ class Stack:
     when the Stack is created."""
 
     def __init__(self, run_dir: str | Path | None = None, data_root: str | Path | None = None,
-                 services: Iterable[str] | None = None):
+                 services: Iterable[str] | None = None, ports: dict[str, int] | None = None,
+                 extra_env: dict[str, str] | None = None):
         self.run_dir = Path(run_dir or os.environ.get("MEDSEG_RUN_DIR") or REPO_ROOT / "run").resolve()
         self.data_root = Path(data_root or os.environ.get("MEDSEG_DATA_ROOT") or REPO_ROOT / "data").resolve()
         if services is None:
@@ -109,6 +113,8 @@ class Stack:
             raise StackError(f"unknown service(s) {unknown}; expected some of {list(SERVICES)}")
         self.services = tuple(s for s in SERVICES if s in set(services))
         self.ports = {name: ports_config.port(name) for name in ("gateway", "admin") + SERVICES}
+        self.ports.update(ports or {})
+        self.extra_env = dict(extra_env or {})
         self.hosts = {name: os.environ.get(f"MEDSEG_{name.upper()}_HOST", "127.0.0.1")
                       for name in SERVICES}
         self.logs_dir = self.run_dir / "logs"
@@ -142,6 +148,7 @@ class Stack:
         env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1",
                "MEDSEG_DATA_ROOT": str(self.data_root)}
         env.update({f"MEDSEG_{name.upper()}_PORT": str(port) for name, port in self.ports.items()})
+        env.update(self.extra_env)
         return env
 
     def render(self) -> dict[str, Path]:
@@ -302,6 +309,44 @@ class Stack:
                     raise StackError(f"process {pid} still running {timeout:.0f} s after shutdown")
                 time.sleep(0.1)
         say("stopped")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now (held open together while chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@contextmanager
+def temporary_stack(services: Iterable[str] = SERVICES, data_root: str | Path | None = None,
+                    run_dir: str | Path | None = None, timeout: float | None = None,
+                    extra_env: dict[str, str] | None = None,
+                    say: Callable[[str], None] = print) -> Iterator[Stack]:
+    """A stack on free ports with its own run folder (and data root unless given), started
+    through the same code path as `stack.py up`, always stopped on exit. For tests and
+    benchmarks; the caller's environment is not modified."""
+    scratch = Path(tempfile.mkdtemp(prefix="medseg-stack-"))
+    names = ("gateway", "admin") + SERVICES
+    stack = Stack(run_dir=run_dir or scratch / "run", data_root=data_root or scratch / "data",
+                  services=services, ports=dict(zip(names, free_ports(len(names)))),
+                  extra_env=extra_env)
+    stack.data_root.mkdir(parents=True, exist_ok=True)
+    try:
+        stack.up(timeout, say)
+        yield stack
+    finally:
+        if stack.running():
+            stack.down(say=say)
+    # Only a clean run removes its scratch folder: after a failure its logs are evidence.
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
