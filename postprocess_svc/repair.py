@@ -51,7 +51,7 @@ class RepairLimits:
     max_angle_deg: float = 45.0  # between an end's tangent and the direction to the other end
     min_radius_ratio: float = 0.5  # smaller / larger end radius must be at least this
     min_piece_mm3: float = 10.0  # smaller pieces are specks: left as they are, never bridged
-    aim_slack_mm: float = 1.5  # the far end must lie within the near end's prolonged tube + this
+    aim_slack_mm: float = 1.5  # the two ends' prolonged axes must pass within the larger radius + this
     tangent_length_mm: float = 5.0  # skeleton length used for an end's direction and radius
     skeleton_spacing_mm: float | None = None  # None: finest input spacing, kept within [0.5, 1.0]
 
@@ -156,7 +156,7 @@ def connect_label(
     region = np.array(mask.array[slices])  # own copy: painted, then pasted into the output
     target = region == label
 
-    pieces_before = _count_pieces(target)
+    region_pieces, pieces_before = ndimage.label(target, structure=_STRUCTURE_26)
     iso = limits.skeleton_spacing_mm or float(np.clip(spacing_zyx.min(), 0.5, 1.0))
 
     report_stage(progress, cancelled, "resample", 0.1, f"isotropic {iso:g} mm grid")
@@ -182,7 +182,13 @@ def connect_label(
 
     report_stage(progress, cancelled, "candidates", 0.7, f"{len(ends)} endpoints")
     rejected: list[str] = []
-    candidates = _candidate_joins(skel, ends, node_volume, region, label, spacing_zyx, limits, rejected)
+    def where(point: np.ndarray) -> str:
+        return "(" + ", ".join(f"{v:.0f}" for v in _to_physical(mask, slices, point, spacing_zyx)) + ") mm"
+
+    candidates = _candidate_joins(
+        skel, ends, node_volume, region, label, spacing_zyx, limits, rejected, where, region_pieces
+    )
+    del region_pieces
 
     report_stage(progress, cancelled, "bridge", 0.85, f"{len(candidates)} candidate joins")
     chosen = _choose_joins(candidates, skel.component)
@@ -248,10 +254,6 @@ def _check_inputs(mask: Volume, label: int) -> int:
 
 # ----------------------------------------------------------------------------------------
 # grids
-
-
-def _count_pieces(target: np.ndarray) -> int:
-    return int(ndimage.label(target, structure=_STRUCTURE_26)[1])
 
 
 def _resample_isotropic(target: np.ndarray, spacing_zyx: np.ndarray, iso: float) -> np.ndarray:
@@ -518,8 +520,15 @@ def _line_profile(region: np.ndarray, label: int, p0: np.ndarray, p1: np.ndarray
     return background, others
 
 
-def _describe(kind: str, a: np.ndarray, b: np.ndarray) -> str:
-    return f"{kind} ({a[2]:.0f},{a[1]:.0f},{a[0]:.0f})->({b[2]:.0f},{b[1]:.0f},{b[0]:.0f}) mm"
+def _ray_miss_mm(pa: np.ndarray, ta: np.ndarray, pb: np.ndarray, tb: np.ndarray) -> float:
+    """Closest approach of the two ends' axes prolonged forward over the gap. Ends of one
+    tube, straight or bent, aim at a common point (about 0); side-by-side vessels run past
+    each other (their spacing)."""
+    reach = float(np.linalg.norm(pb - pa))
+    s = np.linspace(0.0, reach, 33)
+    ray_a = pa + s[:, None] * ta
+    ray_b = pb + s[:, None] * tb
+    return float(np.min(np.linalg.norm(ray_a[:, None, :] - ray_b[None, :, :], axis=2)))
 
 
 def _candidate_joins(
@@ -531,12 +540,15 @@ def _candidate_joins(
     spacing_zyx: np.ndarray,
     limits: RepairLimits,
     rejected: list[str],
+    where: Callable[[np.ndarray], str],
+    region_pieces: np.ndarray,
 ) -> list[_Candidate]:
     if not ends:
         return []
     max_radius = max(e.radius for e in ends)
-    # Skeleton tips sit up to about one radius inside each cut face, so search further than the gap.
-    search = limits.max_gap_mm + 2 * max_radius + 2 * skel.iso
+    # Ends sit about one radius inside each cut face, so search further than the gap; up to
+    # twice the limit, so that gaps just too long are reported as refused, not passed over.
+    search = 2 * limits.max_gap_mm + 2 * max_radius + 2 * skel.iso
     component = skel.component
     candidates: list[_Candidate] = []
 
@@ -551,17 +563,14 @@ def _candidate_joins(
             continue
         gap_vector = b.position - a.position
         angle = max(_angle_deg(a.tangent, gap_vector), _angle_deg(b.tangent, -gap_vector))
-        what = _describe("end-end", a.position, b.position)
+        what = f"end-end {where(a.position)}->{where(b.position)}"
         if angle > limits.max_angle_deg:
             if angle < 90:  # only near misses are worth telling; backward pairs are noise
                 refuse(f"{what}: angle {angle:.0f} deg > {limits.max_angle_deg:g}")
             continue
-        offset = max(
-            np.linalg.norm(gap_vector - np.dot(gap_vector, a.tangent) * a.tangent),
-            np.linalg.norm(gap_vector - np.dot(gap_vector, b.tangent) * b.tangent),
-        )
-        if offset > max(a.radius, b.radius) + limits.aim_slack_mm:
-            refuse(f"{what}: off-aim by {offset:.1f} mm")
+        miss = _ray_miss_mm(a.position, a.tangent, b.position, b.tangent)
+        if miss > max(a.radius, b.radius) + limits.aim_slack_mm:
+            refuse(f"{what}: axes miss each other by {miss:.1f} mm")
             continue
         ratio = min(a.radius, b.radius) / max(a.radius, b.radius)
         if ratio < limits.min_radius_ratio:
@@ -577,7 +586,8 @@ def _candidate_joins(
         length = float(np.linalg.norm(gap_vector))
         candidates.append(
             _Candidate(
-                cost=length * (1 + math.radians(angle)),
+                # Mostly the background to cross; the full span breaks ties between near equals.
+                cost=(gap + 0.1 * length) * (1 + math.radians(angle)),
                 kind="end-end",
                 start_node=a.node,
                 end_node=b.node,
@@ -591,54 +601,68 @@ def _candidate_joins(
             )
         )
 
-    # End to side: an end whose tangent ray runs into another piece's tube (a branch cut
-    # off at its origin). The side piece must not be thinner than the branch.
-    alive = np.flatnonzero(skel.alive & (node_volume >= limits.min_piece_mm3))
-    tree = cKDTree(skel.position[alive])
+    # End to side: an end whose axis, prolonged, runs into another piece (a branch cut off
+    # near its origin, whose stump the skeleton may not show). The ray is followed on the
+    # original grid; the piece it meets first must not be thinner than the branch.
+    alive = np.flatnonzero(skel.alive)
+    node_piece = region_pieces[tuple(np.clip(np.rint(skel.position / spacing_zyx).astype(int), 0, np.array(region.shape) - 1).T)]
+    tree = cKDTree(skel.position[alive]) if alive.size else None
+    step = 0.25 * float(spacing_zyx.min())
     for a in ends:
-        near = alive[tree.query_ball_point(a.position, search)]
-        near = near[component[near] != component[a.node]]
+        reach = limits.max_gap_mm + 2 * a.radius + 2 * skel.iso
+        t = np.arange(0.0, reach, step)
+        index = np.rint((a.position + t[:, None] * a.tangent) / spacing_zyx).astype(np.int64)
+        inside = np.all((index >= 0) & (index < np.array(region.shape)), axis=1)
+        index = index[inside]
+        if len(index) == 0:
+            continue
+        values = region[tuple(index.T)]
+        hit_piece = region_pieces[tuple(index.T)]
+        own = hit_piece[0] if hit_piece[0] else node_piece[a.node]
+        met = np.flatnonzero((hit_piece != 0) & (hit_piece != own))
+        if met.size == 0:
+            continue
+        first = int(met[0])
+        hit = a.position + t[first] * a.tangent
+        # the skeleton component of the piece met: nearest skeleton node of that piece
+        near = alive[tree.query_ball_point(hit, reach)] if tree is not None else np.zeros(0, int)
+        near = near[(node_piece[near] == hit_piece[first]) & (node_volume[near] >= limits.min_piece_mm3)]
         if near.size == 0:
             continue
-        vectors = skel.position[near] - a.position
-        along = vectors @ a.tangent
-        across = np.linalg.norm(vectors - along[:, None] * a.tangent, axis=1)
-        hits = (along > 0) & (across <= skel.radius[near])
-        for piece in np.unique(component[near[hits]]):
-            in_piece = hits & (component[near] == piece)
-            first = int(np.flatnonzero(in_piece)[np.argmin(along[in_piece])])
-            node = int(near[first])
-            angle = _angle_deg(a.tangent, vectors[first])
-            what = _describe("end-side", a.position, skel.position[node])
-            if angle > limits.max_angle_deg:
-                continue
-            if skel.radius[node] < limits.min_radius_ratio * a.radius:
-                refuse(f"{what}: side radius {skel.radius[node]:.1f} < branch {a.radius:.1f} mm")
-                continue
-            gap, others = _line_profile(region, label, a.position, skel.position[node], spacing_zyx)
-            if gap > limits.max_gap_mm:
-                refuse(f"{what}: gap {gap:.1f} mm > {limits.max_gap_mm:g}")
-                continue
-            if others:
-                refuse(f"{what}: crosses {', '.join(f'{NAMES[o]} ({o})' for o in others)}")
-                continue
-            length = float(np.linalg.norm(vectors[first]))
-            candidates.append(
-                _Candidate(
-                    # End-to-end joins are checked at both ends, so prefer them when close.
-                    cost=1.25 * length * (1 + math.radians(angle)),
-                    kind="end-side",
-                    start_node=a.node,
-                    end_node=node,
-                    start=a.position,
-                    end=skel.position[node].copy(),
-                    radius_start=a.radius,
-                    radius_end=a.radius,  # a branch keeps its own calibre up to the trunk
-                    gap_mm=gap,
-                    angle_deg=angle,
-                    uses_end_node=False,
-                )
+        target_node = int(near[np.argmin(np.linalg.norm(skel.position[near] - hit, axis=1))])
+        if component[target_node] == component[a.node]:
+            continue
+        what = f"end-side {where(a.position)}->{where(hit)}"
+        others = sorted({int(v) for v in np.unique(values[:first])} - {0, label})
+        gap = float(np.count_nonzero(values[:first] == 0)) * step
+        side_radius = float(skel.radius[near].max())
+        if gap > limits.max_gap_mm:
+            refuse(f"{what}: gap {gap:.1f} mm > {limits.max_gap_mm:g}")
+            continue
+        if others:
+            refuse(f"{what}: crosses {', '.join(f'{NAMES[o]} ({o})' for o in others)}")
+            continue
+        if side_radius < limits.min_radius_ratio * a.radius:
+            refuse(f"{what}: side radius {side_radius:.1f} < branch {a.radius:.1f} mm")
+            continue
+        if gap <= 0:
+            continue  # already touching on the original grid: nothing to bridge
+        candidates.append(
+            _Candidate(
+                # End-to-end joins are checked at both ends, so prefer them when close.
+                cost=1.25 * (gap + 0.1 * float(t[first])),
+                kind="end-side",
+                start_node=a.node,
+                end_node=target_node,
+                start=a.position,
+                end=hit + 0.5 * a.radius * a.tangent,  # a little into the side piece
+                radius_start=a.radius,
+                radius_end=a.radius,  # a branch keeps its own calibre up to the trunk
+                gap_mm=gap,
+                angle_deg=0.0,
+                uses_end_node=False,
             )
+        )
     return candidates
 
 
