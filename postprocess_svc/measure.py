@@ -105,14 +105,38 @@ def _require_names(values, names: dict[int, str]) -> None:
 
 
 def _counts_and_boxes(array: np.ndarray):
-    """Voxel count per value and (z, y, x) slices per value, each in one pass over the volume."""
-    flat = array.reshape(-1)
-    top = int(flat.max()) if flat.size else 0
-    if top >= 1 << 20:
-        raise ValueError(f"mask label values must be below {1 << 20}, got {top}")
-    counts = np.bincount(flat, minlength=top + 1)
-    boxes = ndimage.find_objects(array, max_label=top) if top > 0 else []
-    return counts, boxes
+    """Values present, their voxel counts and (z, y, x) slices, without full-volume temporaries.
+
+    find_objects gives every value's box in one pass. Counting inside each box is cheapest
+    while the boxes together stay near the volume's size (the usual case: organs are local);
+    otherwise one chunked bincount pass (np.bincount casts to int64, so never all at once).
+    """
+    top = int(array.max()) if array.size else 0
+    if top >= 1 << 24:
+        raise ValueError(f"mask label values must be below {1 << 24}, got {top}")
+    if top == 0:
+        return [], {}, {}
+    found = ndimage.find_objects(array, max_label=top)
+    boxes = {value: box for value, box in enumerate(found, start=1) if box is not None}
+    box_voxels = sum(int(np.prod([s.stop - s.start for s in box])) for box in boxes.values())
+    counts: dict[int, int] = {}
+    if box_voxels <= 3 * array.size:
+        for value, box in boxes.items():
+            counts[value] = sum(int(np.count_nonzero(array[chunk] == value)) for chunk in _z_chunks(box))
+    else:
+        totals = np.zeros(top + 1, dtype=np.int64)
+        for chunk in _z_chunks(tuple(slice(0, n) for n in array.shape)):
+            totals += np.bincount(array[chunk].reshape(-1), minlength=top + 1)
+        counts = {value: int(totals[value]) for value in boxes}
+    return sorted(boxes), counts, boxes
+
+
+def _z_chunks(box, voxels: int = 1 << 22):
+    """Split a (z, y, x) box along z into pieces of about `voxels` voxels."""
+    z, y, x = box
+    step = max(1, voxels // max(1, (y.stop - y.start) * (x.stop - x.start)))
+    for start in range(z.start, z.stop, step):
+        yield (slice(start, min(start + step, z.stop)), y, x)
 
 
 def _box_mm(matrix: np.ndarray, lo: Index3, hi: Index3) -> tuple[Point3, Point3]:
@@ -150,14 +174,16 @@ def _hull_candidates(inside: np.ndarray) -> np.ndarray:
 
 
 def _max_pairwise_distance(points: np.ndarray) -> float:
-    """Largest distance between any two points, in blocks to bound memory."""
+    """Largest distance between any two points (|a|^2 + |b|^2 - 2ab, in blocks via BLAS)."""
+    points = points - points.mean(axis=0)  # centred: keeps the expansion accurate
+    squared = (points * points).sum(axis=1)
     best = 0.0
-    block = 2048
+    block = 1024
     for start in range(0, len(points), block):
         chunk = points[start : start + block]
-        d2 = ((chunk[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+        d2 = squared[start : start + block, None] + squared[None, :] - 2.0 * (chunk @ points.T)
         best = max(best, float(d2.max()))
-    return float(np.sqrt(best))
+    return float(np.sqrt(max(best, 0.0)))
 
 
 def _diameter_of_points(points_mm: np.ndarray) -> float:
@@ -178,7 +204,24 @@ def _diameter_of_points(points_mm: np.ndarray) -> float:
         vertices = ConvexHull(reduced).vertices
     except QhullError:
         vertices = np.arange(len(points_mm))
-    return _max_pairwise_distance(points_mm[vertices])
+    return _max_pairwise_distance(_diameter_candidates(points_mm[vertices]))
+
+
+def _diameter_candidates(points: np.ndarray) -> np.ndarray:
+    """Drop points that cannot end a pair longer than a known one: a point at distance r from
+    a centre c is at most r + R from any other (R = the largest such r). Elongated shapes
+    (kidneys, vessels) keep only their two ends, so the exact O(n^2) step stays small."""
+    if len(points) <= 256:
+        return points
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2.0
+    radius = np.linalg.norm(points - centre, axis=1)
+    # a long pair from two farthest-point sweeps: a lower bound on the diameter
+    a = points[int(np.argmax(radius))]
+    b = points[int(np.argmax(np.linalg.norm(points - a, axis=1)))]
+    a = points[int(np.argmax(np.linalg.norm(points - b, axis=1)))]
+    known = float(np.linalg.norm(a - b))
+    keep = radius + radius.max() >= known
+    return np.concatenate([points[keep], a[None], b[None]])
 
 
 def _diameter_mm(inside: np.ndarray, offset: Index3, matrix: np.ndarray) -> float:
@@ -199,21 +242,20 @@ def _summary_of(value: int, name: str, count: int, slices, voxel_ml: float, matr
 def summarize_labels(mask: Volume, labels: dict[int, str] | None = None, *, require_names: bool = True) -> list[LabelSummary]:
     """Per-label voxel count, volume (ml) and bounding box, background excluded, by value.
 
-    Two passes over the volume in all (np.bincount, ndimage.find_objects), whatever the
-    number of labels. Names come from `labels`, else mask.labels, else the convention; a
+    One pass over the volume for the boxes (ndimage.find_objects), then counting inside each
+    box, with no full-volume temporaries. Names come from `labels`, else mask.labels, else the convention; a
     value with no name raises ValueError unless require_names is False (then its name is "").
     """
     array = _integer_array(mask)
     if array.size == 0:
         return []
-    counts, boxes = _counts_and_boxes(array)
-    values = [v for v in np.flatnonzero(counts).tolist() if v != 0]
+    values, counts, boxes = _counts_and_boxes(array)
     names = _label_names(mask, labels)
     if require_names:
         _require_names(values, names)
     voxel_ml = mask.voxel_volume_mm3 / 1000.0
     matrix = mask.index_to_physical_matrix()
-    return [_summary_of(v, names.get(v, ""), int(counts[v]), boxes[v - 1], voxel_ml, matrix) for v in values]
+    return [_summary_of(v, names.get(v, ""), counts[v], boxes[v], voxel_ml, matrix) for v in values]
 
 
 def measure_mask(

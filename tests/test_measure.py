@@ -224,3 +224,34 @@ def test_progress_and_cancel(phantom):
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
     with pytest.raises(OperationCancelled):
         measure_mask(phantom.labels, cancelled=lambda: True)
+
+
+def test_counts_when_label_boxes_overlap_everywhere():
+    # ten labels scattered over the whole volume: every box is the whole volume, so the
+    # counting takes the chunked-histogram path instead of per-box counting
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 11, size=(20, 30, 40), dtype=np.uint16)
+    volume = Volume(array, labels={v: f"l{v}" for v in range(11)})
+    summaries = summarize_labels(volume)
+    assert [s.value for s in summaries] == list(range(1, 11))
+    for s in summaries:
+        assert s.voxel_count == np.count_nonzero(array == s.value)
+        assert s.min_index == (0, 0, 0) and s.max_index == (39, 29, 19)
+
+
+def test_diameter_of_a_large_tilted_ellipsoid_matches_the_full_hull():
+    # thousands of hull vertices: exercises the pruning of points that cannot end the diameter
+    from scipy.spatial import ConvexHull
+
+    shape = (40, 50, 90)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    u = (x - 45) * 0.9 + (y - 25) * 0.3
+    v = -(x - 45) * 0.3 + (y - 25) * 0.9
+    array = ((u / 40) ** 2 + (v / 18) ** 2 + ((z - 20) / 15) ** 2 <= 1).astype(np.uint8)
+    volume = Volume(array, spacing=(0.8, 0.6, 1.7), origin=(3.0, 4.0, 5.0), labels={1: "kidney"})
+    (m,) = measure_mask(volume)
+    zz, yy, xx = np.nonzero(array)
+    points = (np.stack([xx, yy, zz, np.ones_like(xx)]).T.astype(float) @ volume.index_to_physical_matrix().T)[:, :3]
+    hull = points[ConvexHull(points).vertices]
+    assert len(hull) > 256
+    assert m.largest_diameter_mm == pytest.approx(float(pdist(hull).max()))
