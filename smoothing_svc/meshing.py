@@ -203,9 +203,11 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals from the (outward) face winding."""
     v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
     face_normals = np.cross(v1 - v0, v2 - v0)  # length = 2 x area: area weighting for free
-    normals = np.zeros_like(vertices)
-    for i in range(3):
-        np.add.at(normals, faces[:, i], face_normals)
+    corners = faces.reshape(-1)
+    normals = np.stack(
+        [np.bincount(corners, weights=np.repeat(face_normals[:, axis], 3), minlength=len(vertices)) for axis in range(3)],
+        axis=1,
+    )  # bincount: the scatter-add, far faster than np.add.at
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     return normals / np.where(length > 0, length, 1.0)
 
@@ -305,13 +307,23 @@ def _polydata(vertices: np.ndarray, faces: np.ndarray) -> vtkPolyData:
     return polydata
 
 
-def _restore_collapsed_pieces(smoothed: np.ndarray, rough: np.ndarray, faces: np.ndarray) -> int:
-    """Put back the unsmoothed vertices of pieces that smoothing collapsed, in place.
+def _keep_volume(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, movable: np.ndarray,
+                 tolerance: float = 1e-3, rounds: int = 3) -> tuple[int, int]:
+    """Undo what smoothing took from each piece's volume, in place; faces wound outward.
 
-    Windowed sinc keeps only low spatial frequencies: a piece of a few voxels (a lone
-    voxel, a sliver touching the rest by an edge) has none but its centroid and shrinks to
-    a point, leaving a zero-volume, self-touching surface. Such pieces stay unsmoothed.
-    Returns how many pieces were restored.
+    Windowed sinc passes low frequencies of the mesh graph, not of space: a large organ
+    keeps its shape modes, but a piece only a few voxels across (a 3-5 mm tumor, a vessel
+    stub) loses volume (measured at factor 0.5: -5% for a 5 mm sphere at 0.8 x 0.8 x 2.5 mm,
+    -44% for a 3 mm one). So, per connected piece:
+
+    - if smoothing took more than half of it (a lone voxel, a sliver touching the rest by
+      an edge: it shrinks towards a point), the piece keeps its unsmoothed vertices;
+    - otherwise, when its volume changed by more than ``tolerance``, its movable vertices
+      are offset along their normals by (unsmoothed - smoothed volume) / movable area,
+      repeated ``rounds`` times. The smoothed shape stays; its size comes back.
+
+    ``movable`` pins vertices another label already owns (a shared interface).
+    Returns (pieces restored unsmoothed, pieces offset).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -319,18 +331,35 @@ def _restore_collapsed_pieces(smoothed: np.ndarray, rough: np.ndarray, faces: np
     n = len(smoothed)
     edges = coo_matrix((np.ones(2 * len(faces)), (faces[:, [0, 1]].reshape(-1), faces[:, [1, 2]].reshape(-1))), shape=(n, n))
     count, piece = connected_components(edges, directed=False)
+    face_piece = piece[faces[:, 0]]
+    centre = raw[faces[:, 0]].mean(axis=0)
 
     def piece_volumes(vertices):
-        centre = vertices.mean(axis=0)
         v0, v1, v2 = (vertices[faces[:, i]] - centre for i in range(3))
         per_face = np.einsum("ij,ij->i", v0, np.cross(v1, v2)) / 6.0
-        return np.bincount(piece[faces[:, 0]], weights=per_face, minlength=count)
+        return np.bincount(face_piece, weights=per_face, minlength=count)
 
-    collapsed = np.flatnonzero(np.abs(piece_volumes(smoothed)) < 0.5 * np.abs(piece_volumes(rough)))
-    if len(collapsed):
-        moved = np.isin(piece, collapsed)
-        smoothed[moved] = rough[moved]
-    return len(collapsed)
+    before = piece_volumes(raw)
+    collapsed = np.abs(piece_volumes(smoothed)) < 0.5 * np.abs(before)
+    if collapsed.any():
+        reset = np.zeros(n, bool)
+        reset[faces[collapsed[face_piece]].reshape(-1)] = True
+        smoothed[reset] = raw[reset]
+    offset = np.zeros(count, bool)
+    for _ in range(rounds):
+        after = piece_volumes(smoothed)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            needs = ~collapsed & (np.abs(after / before - 1) > tolerance)
+        if not needs.any():
+            break
+        offset |= needs
+        v0, v1, v2 = (smoothed[faces[:, i]] for i in range(3))
+        face_area = np.linalg.norm(np.cross(v1 - v0, v2 - v0), axis=1) / 2
+        movable_area = np.bincount(face_piece, weights=face_area * movable[faces].mean(axis=1), minlength=count)
+        step = np.where(needs & (movable_area > 0), (before - after) / np.where(movable_area > 0, movable_area, 1), 0.0)
+        normals = vertex_normals(smoothed, faces)
+        smoothed += (movable * step[piece])[:, None] * normals
+    return int(collapsed.sum()), int(offset.sum())
 
 
 # --------------------------------------------------------------------------- per label
@@ -396,6 +425,10 @@ def _raw_surface(mask: Volume, value: int, box: tuple[slice, ...], min_island_mm
     if kept > 1:
         notes.append(f"{kept} separate pieces")
     vertices, faces = _arrays(_contour(binary))
+    # Flying edges winds all faces one way relative to the label; make that way outward
+    # (positive volume) in IJK. The index -> mm transform below keeps it outward.
+    if signed_volume(vertices, faces) < 0:
+        faces = faces[:, ::-1].copy()
     return _RawSurface(value, vertices + start_xyz, faces, notes)
 
 
@@ -406,39 +439,50 @@ def _smooth_arrays(vertices: np.ndarray, faces: np.ndarray, factor: float) -> np
     return smoothed
 
 
-def _smooth_jointly(raws: list[_RawSurface], factor: float) -> list[np.ndarray]:
-    """Smooth adjacent labels as one surface so their shared interface stays shared.
+def _smooth_group(raws: list[_RawSurface], factor: float) -> list[tuple[np.ndarray, list[str]]]:
+    """Smooth one label, or adjacent labels jointly so their shared interface stays shared.
 
     Flying edges puts every vertex at the midpoint of a voxel edge, so vertices of two
     labels on the same voxel face have identical (half-integer) coordinates and are merged
-    exactly. The union of both labels' faces is smoothed once; each label then takes its
+    exactly. The union of all labels' faces is smoothed once; each label then takes its
     own vertices back. Interface vertices therefore move identically in both labels, and
     the rim where the interface meets the outer surfaces (edges with three faces) is
-    smoothed as a curve by NonManifoldSmoothing.
+    smoothed as a curve (NonManifoldSmoothing). Volume is then kept label by label,
+    smallest first; vertices a label has settled are pinned for the next one.
+    Returns (vertices, notes) per label.
     """
-    keys = np.concatenate([np.rint(r.vertices * 2).astype(np.int64) for r in raws])
-    merged_keys, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    starts = np.cumsum([0] + [len(r.vertices) for r in raws])
-    all_faces = np.concatenate([inverse[starts[i] + r.faces] for i, r in enumerate(raws)])
-    # An interface face appears once in each label (opposite winding): keep one copy, or
-    # every interface edge would count as non-manifold.
-    _, first = np.unique(np.sort(all_faces, axis=1), axis=0, return_index=True)
-    smoothed = _smooth_arrays(merged_keys / 2.0, all_faces[np.sort(first)], factor)
-    return [smoothed[inverse[starts[i] : starts[i + 1]]] for i in range(len(raws))]
+    if len(raws) == 1:
+        merged = raws[0].vertices
+        ids = [np.arange(len(merged))]
+        smoothing_faces = raws[0].faces
+    else:
+        keys = np.concatenate([np.rint(r.vertices * 2).astype(np.int64) for r in raws])
+        merged_keys, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        merged = merged_keys / 2.0
+        starts = np.cumsum([0] + [len(r.vertices) for r in raws])
+        ids = [inverse[starts[i] : starts[i + 1]] for i in range(len(raws))]
+        all_faces = np.concatenate([ids[i][r.faces] for i, r in enumerate(raws)])
+        # An interface face appears once in each label (opposite winding): keep one copy,
+        # or every interface edge would count as non-manifold.
+        _, first = np.unique(np.sort(all_faces, axis=1), axis=0, return_index=True)
+        smoothing_faces = all_faces[np.sort(first)]
+    smoothed = _smooth_arrays(merged, smoothing_faces, factor)
+
+    movable = np.ones(len(merged), bool)
+    notes: list[list[str]] = [[] for _ in raws]
+    for i in sorted(range(len(raws)), key=lambda i: abs(signed_volume(raws[i].vertices, raws[i].faces))):
+        restored, offset = _keep_volume(smoothed, merged, ids[i][raws[i].faces], movable)
+        if restored:
+            notes[i].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
+        movable[ids[i]] = False
+    return [(smoothed[ids[i]], notes[i]) for i in range(len(raws))]
 
 
-def _finish(mask: Volume, raw: _RawSurface, vertices: np.ndarray, options: MeshOptions) -> LabelMesh:
-    """Island-safe smoothing result -> decimated, outward-wound LabelMesh in mm."""
-    notes = list(raw.notes)
+def _finish(mask: Volume, raw: _RawSurface, vertices: np.ndarray, notes: list[str], options: MeshOptions) -> LabelMesh:
+    """Smoothed IJK vertices -> (decimated) outward-wound LabelMesh in mm."""
+    notes = raw.notes + notes
     faces = raw.faces
-    restored = _restore_collapsed_pieces(vertices, raw.vertices, faces)
-    if restored:
-        notes.append(f"{restored} piece(s) too small to smooth kept unsmoothed")
-    # Flying edges winds all faces one way relative to the label; make that way outward
-    # (positive volume) in IJK, then keep it outward through the index -> mm transform.
-    if signed_volume(vertices, faces) < 0:
-        faces = faces[:, ::-1].copy()
     if options.decimation > 0:
         decimated, decimated_faces = _arrays(_decimate(_polydata(vertices, faces), options.decimation))
         if is_closed_and_consistent(decimated_faces, len(decimated)):
@@ -533,13 +577,11 @@ def mesh_labels(
         # Grouped labels share one factor: the first (organ) label's.
         factor = DEFAULT_SMOOTHING[raws[0].value] if options.smoothing is None else options.smoothing
         if factor <= 0:
-            smoothed = [r.vertices.copy() for r in raws]
-        elif len(raws) == 1:
-            smoothed = [_smooth_arrays(raws[0].vertices, raws[0].faces, factor)]
+            smoothed = [(r.vertices.copy(), []) for r in raws]
         else:
-            smoothed = _smooth_jointly(raws, factor)
-        for raw, vertices in zip(raws, smoothed):
-            meshes[raw.value] = _finish(mask, raw, vertices, options)
+            smoothed = _smooth_group(raws, factor)
+        for raw, (vertices, notes) in zip(raws, smoothed):
+            meshes[raw.value] = _finish(mask, raw, vertices, notes, options)
             finished += 1
     if progress:
         progress("mesh", 1.0, f"meshed {len(present)} label(s)")
