@@ -162,6 +162,32 @@ def test_phase_enhancement_pattern(case):
     assert np.all(air < -900)
 
 
+def test_renal_pelvis_fills_with_contrast_in_the_delayed_phase():
+    case = make_phantom((128, 128, 100), seed=2)
+    for side in ("left", "right"):
+        kidney = case.anatomy["kidneys"][side]
+        pelvis = kidney["pelvis"]
+        z, y, x = _voxel_of(case.labels, pelvis["centre_mm"])
+        assert case.labels.array[z, y, x] == Label.KIDNEY  # part of the kidney label
+        assert case.phases["delayed"].array[z, y, x] > 550
+        assert case.phases["arterial"].array[z, y, x] < 80
+
+
+@pytest.mark.parametrize("seed", [0, 5, 9])
+def test_everything_lies_inside_the_body(seed):
+    case = make_phantom((64, 64, 50), seed=seed)
+    body = case.anatomy["body"]
+    ax, ay = body["semi_axes_mm"]
+    fat = body["subcutaneous_fat_mm"]
+    for volume in (case.labels, case.organs):
+        points = _physical_points(volume, volume.array > 0)
+        # inside the muscle wall (subcutaneous fat ring excluded), with half a voxel of slack
+        slack = 0.5 * float(np.linalg.norm(volume.spacing))
+        r = (points[:, 0] / (ax - fat + slack)) ** 2 + (points[:, 1] / (ay - fat + slack)) ** 2
+        assert np.all(r <= 1.0)
+    assert np.all(case.phases["portal"].array[case.labels.array > 0] > -300)
+
+
 def test_anisotropic_spacing_gives_the_same_physical_volumes():
     iso = make_phantom((96, 96, 75), seed=6)  # ~3.96 x 3.96 x 4 mm
     aniso = make_phantom((380, 380, 60), spacing=(1.0, 1.0, 5.0), seed=6)

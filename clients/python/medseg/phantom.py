@@ -7,8 +7,8 @@ its own index-space bounding box (in z-chunks), painted in priority order into o
 "tissue" code map; the convention mask, the TotalSegmentator-numbered organ mask and the three
 contrast phases are then look-ups of that map (plus seeded noise for the CT).
 
-Priority (low -> high): subcutaneous fat, soft tissue, perirenal fat, liver, spleen, bladder
-wall region, spine, veins, arteries, ureters, bladder, kidney, tumor. Later paints win, so fat
+Priority (low -> high): subcutaneous fat, soft tissue, perirenal fat, liver, spleen, spine,
+veins, arteries, ureters, bladder, kidney (cortex, medulla, pelvis), tumor. Later paints win, so fat
 only remains where no other structure is, tubes end inside the kidney/bladder they join, and
 the tumor overrides the kidney.
 """
@@ -94,6 +94,9 @@ def _build_tissues() -> list[_Tissue]:
         ("kidney_right_medulla", int(Label.KIDNEY), "kidney_right", (100, 160, 130)),
         ("kidney_left_cortex", int(Label.KIDNEY), "kidney_left", (180, 160, 120)),
         ("kidney_left_medulla", int(Label.KIDNEY), "kidney_left", (100, 160, 130)),
+        # collecting system: urine in the early phases, excreted contrast when delayed
+        ("kidney_right_pelvis", int(Label.KIDNEY), "kidney_right", (15, 20, 650)),
+        ("kidney_left_pelvis", int(Label.KIDNEY), "kidney_left", (15, 20, 650)),
         ("tumor_right", int(Label.TUMOR), "kidney_right", (100, 90, 70)),
         ("tumor_left", int(Label.TUMOR), "kidney_left", (100, 90, 70)),
     ]
@@ -277,7 +280,7 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
     rng = np.random.default_rng(seed)
     u = rng.uniform
 
-    body = {"centre_mm": [0.0, 0.0], "semi_axes_mm": [u(155, 172), u(112, 125)], "subcutaneous_fat_mm": u(12, 22)}
+    body = {"centre_mm": [0.0, 0.0], "semi_axes_mm": [u(155, 172), u(112, 125)], "subcutaneous_fat_mm": u(10, 20)}
 
     z_shift = u(-6, 6)
     spine_y = u(46, 52)
@@ -307,13 +310,15 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
     kidneys = {}
     right_z = z_shift + u(-2, 10)
     for side, sign in (("right", -1.0), ("left", 1.0)):
-        centre = np.array([sign * u(68, 80), u(40, 48), right_z + (u(6, 16) if side == "left" else 0.0)])
+        centre = np.array([sign * u(64, 74), u(40, 48), right_z + (u(6, 16) if side == "left" else 0.0)])
         semi = np.array([u(27, 33), u(22, 27), u(50, 60)])  # transverse (lateral), AP, long
         theta, phi, psi = math.radians(u(20, 40)), math.radians(u(6, 18)), math.radians(u(6, 18))
         axes = _rotation("z", theta) @ _rotation("y", -phi) @ _rotation("x", -psi)
         if sign < 0:  # mirror to the patient's right
             axes = np.diag([-1.0, 1.0, 1.0]) @ axes
         hilum, _ = _ellipsoid_surface_point(centre, semi, axes, (-1.0, 0.0, 0.0))
+        # renal pelvis in the sinus behind the hilum vessels, where the ureter starts
+        pelvis_centre = hilum + axes @ np.array([9.0, 5.0, -6.0])
         kidneys[side] = {
             "centre_mm": centre,
             "semi_axes_mm": semi,
@@ -321,6 +326,7 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
             "hilum_mm": hilum,
             "volume_ml": 4.0 / 3.0 * math.pi * float(np.prod(semi)) / 1000.0,
             "fat_thickness_mm": u(8, 15),
+            "pelvis": {"centre_mm": pelvis_centre, "semi_axes_mm": np.array([8.0, 5.0, 11.0])},
         }
 
     tubes: dict[str, dict] = {}
@@ -370,8 +376,9 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
             vein = [vein_end, [aorta_xy[0] + clear, front_y, vein_z], [aorta_xy[0], front_y, vein_z], [*ivc_xy, vein_z]]
         else:
             # the right renal artery passes behind the IVC
-            behind = [ivc_xy[0], ivc_xy[1] + ivc_r + artery_r + 5.0, artery_z]
-            artery = [[*aorta_xy, artery_z], [aorta_xy[0], aorta_xy[1] + aorta_r * 0.6, artery_z], behind, artery_end]
+            behind = [ivc_xy[0], ivc_xy[1] + ivc_r + artery_r + 6.0, artery_z]
+            beside = [ivc_xy[0] - ivc_r - artery_r - 3.0, behind[1], artery_z]
+            artery = [[*aorta_xy, artery_z], [aorta_xy[0], aorta_xy[1] + aorta_r * 0.6, artery_z], behind, beside, artery_end]
             vein = [vein_end, [*ivc_xy, vein_z]]
         tube(f"renal_artery_{side}", "renal_artery", artery, artery_r, "aorta")
         tube(f"renal_vein_{side}", "renal_vein", vein, vein_r, "inferior_vena_cava")
@@ -396,8 +403,8 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
         "axes": _rotation("z", math.radians(u(-10, 10))),
     }
     spleen = {
-        "centre_mm": np.array([u(96, 104), u(30, 42), z_shift + u(95, 108)]),
-        "semi_axes_mm": np.array([u(20, 26), u(40, 50), u(36, 44)]),
+        "centre_mm": np.array([u(84, 92), u(18, 28), z_shift + u(95, 108)]),
+        "semi_axes_mm": np.array([u(18, 22), u(34, 42), u(34, 42)]),
         "axes": _rotation("z", math.radians(u(-35, -20))),
     }
 
@@ -405,12 +412,24 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
     if tumor:
         side = "left" if rng.random() < 0.5 else "right"
         k = kidneys[side]
-        direction = rng.normal(size=3)
-        direction[0] = abs(direction[0]) + 0.15  # lateral half: away from hilum vessels and ureter
-        surface, normal = _ellipsoid_surface_point(k["centre_mm"], k["semi_axes_mm"], k["axes"], direction)
         radius = u(10, 25)
         outward = u(-0.2, 0.5)  # centre offset along the normal in radii: partly exophytic
-        centre = surface + normal * radius * outward
+        # site: lateral half (away from the hilum vessels and ureter); of a few draws, the
+        # first whose tumor and fat shell stay inside the muscle wall (else the least bulging)
+        inner = np.asarray(body["semi_axes_mm"]) - body["subcutaneous_fat_mm"] - 4.0
+        best = None
+        for _ in range(12):
+            direction = rng.normal(size=3)
+            direction[0] = abs(direction[0]) + 0.15
+            surface, normal = _ellipsoid_surface_point(k["centre_mm"], k["semi_axes_mm"], k["axes"], direction)
+            centre = surface + normal * radius * outward
+            extent = radius + k["fat_thickness_mm"]
+            reach = float(np.max(((centre[:2] + np.array([[extent, 0], [-extent, 0], [0, extent], [0, -extent]])) / inner) ** 2 @ np.ones(2)))
+            if best is None or reach < best[0]:
+                best = (reach, surface, centre)
+            if reach <= 1.0:
+                break
+        _, surface, centre = best
         tumor_info = {
             "side": side,
             "centre_mm": centre,
@@ -420,6 +439,7 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
             "outward_offset_radii": outward,
         }
 
+    _fit_body(body, kidneys, tumor_info, liver, spleen)
     return {
         "seed": seed,
         "body": body,
@@ -433,6 +453,32 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
         "perirenal_fat": {side: {"thickness_mm": kidneys[side]["fat_thickness_mm"]} for side in kidneys},
         "hu": {t.name: dict(zip(PHASES, t.hu)) for t in _TISSUES},
     }
+
+
+def _ellipsoid_samples(centre, semi, axes, n: int = 600) -> np.ndarray:
+    """Points spread over an ellipsoid's surface (Fibonacci sphere, stretched and turned)."""
+    k = np.arange(n) + 0.5
+    polar = np.arccos(1 - 2 * k / n)
+    azimuth = np.pi * (1 + 5**0.5) * k
+    unit = np.stack([np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], axis=1)
+    return np.asarray(centre) + (unit * np.asarray(semi)) @ np.asarray(axes).T
+
+
+def _fit_body(body: dict, kidneys: dict, tumor: dict | None, liver: dict, spleen: dict) -> None:
+    """Widen the body outline where needed so every organ (kidneys with their fat shell, the
+    tumor, liver, spleen) stays inside the muscle wall, a few mm clear of the subcutaneous fat."""
+    points = [_ellipsoid_samples(o["centre_mm"], o["semi_axes_mm"], o["axes"]) for o in (liver, spleen)]
+    for kidney in kidneys.values():
+        points.append(_ellipsoid_samples(kidney["centre_mm"], kidney["semi_axes_mm"] + kidney["fat_thickness_mm"], kidney["axes"]))
+    if tumor is not None:
+        r = tumor["radius_mm"] + kidneys[tumor["side"]]["fat_thickness_mm"]
+        points.append(_ellipsoid_samples(tumor["centre_mm"], (r, r, r), np.eye(3)))
+    xy = np.concatenate(points)[:, :2]
+    fat = body["subcutaneous_fat_mm"]
+    inner = np.asarray(body["semi_axes_mm"]) - fat - 4.0  # 4 mm of muscle wall
+    reach = float(np.sqrt((((xy - body["centre_mm"]) / inner) ** 2).sum(axis=1).max()))
+    if reach > 1.0:
+        body["semi_axes_mm"] = list(inner * reach + fat + 4.0)
 
 
 def _rasterise(anatomy: dict, grid: _Grid) -> np.ndarray:
@@ -476,6 +522,9 @@ def _rasterise(anatomy: dict, grid: _Grid) -> np.ndarray:
     for side, k in anatomy["kidneys"].items():
         _paint_ellipsoid(tissue, grid, _CODE[f"kidney_{side}_cortex"], k["centre_mm"], k["semi_axes_mm"], k["axes"])
         _paint_ellipsoid(tissue, grid, _CODE[f"kidney_{side}_medulla"], k["centre_mm"], k["semi_axes_mm"] * 0.6, k["axes"])
+        kidney_codes = (_CODE[f"kidney_{side}_cortex"], _CODE[f"kidney_{side}_medulla"])
+        pelvis = k["pelvis"]
+        _paint_ellipsoid(tissue, grid, _CODE[f"kidney_{side}_pelvis"], pelvis["centre_mm"], pelvis["semi_axes_mm"], k["axes"], only_over=kidney_codes)
     if tumor is not None:
         r = tumor["radius_mm"]
         _paint_ellipsoid(tissue, grid, _CODE[f"tumor_{tumor['side']}"], tumor["centre_mm"], (r, r, r))
