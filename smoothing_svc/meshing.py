@@ -721,6 +721,8 @@ def write_meshes(meshes: list[LabelMesh], path: Path | str, fmt: str = "obj") ->
       normals, and a sibling ``.mtl`` (same stem) with the structure's colour as ``Kd``.
       The header comment states the coordinate system (LPS or RAS, mm).
     - glb: one node and mesh per structure, named after it, with a PBR base colour.
+      Coordinates stay in mm and in the chosen patient system (glTF's own convention,
+      metres with +Y up, is not applied); the scene's extras say which.
     - stl, ply: ALL meshes merged into one file (the formats have no objects); ply carries
       per-vertex colours, binary stl has neither names nor colours.
 
@@ -740,3 +742,11 @@ def write_meshes(meshes: list[LabelMesh], path: Path | str, fmt: str = "obj") ->
     if fmt == "glb":
         return _write_glb(filled, path)
     return _write_merged(filled, path, fmt)
+
+
+def encode_meshes(meshes: list[LabelMesh], fmt: str = "obj", stem: str = "meshes") -> dict[str, bytes]:
+    """The files write_meshes would write, as {file name: bytes}, for inline responses
+    (obj gives two entries: ``<stem>.obj`` and ``<stem>.mtl``)."""
+    with tempfile.TemporaryDirectory(prefix="medseg_meshes_") as folder:
+        paths = write_meshes(meshes, Path(folder) / f"{stem}.{fmt.lower().lstrip('.')}", fmt)
+        return {path.name: path.read_bytes() for path in paths}

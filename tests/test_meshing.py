@@ -17,6 +17,7 @@ from medseg.volumes import Volume
 from smoothing_svc.meshing import (
     LabelMesh,
     MeshOptions,
+    encode_meshes,
     is_closed_and_consistent,
     mesh_labels,
     write_meshes,
@@ -427,6 +428,7 @@ def three_structures():
 def test_obj_has_named_objects_materials_and_coordinate_header(three_structures, tmp_path):
     paths = write_meshes(three_structures, tmp_path / "case.obj")
     assert paths == [tmp_path / "case.obj", tmp_path / "case.mtl"]
+    assert encode_meshes(three_structures, "obj", stem="case") == {p.name: p.read_bytes() for p in paths}
     assert not list(tmp_path.glob(".*partial"))  # no temporary file left behind
     text = paths[0].read_text()
     assert "# coordinates: RAS" in text and "mtllib case.mtl" in text
@@ -471,6 +473,9 @@ def test_other_formats_load_back(three_structures, tmp_path, fmt):
         assert loaded.volume == pytest.approx(total_volume_mm3, rel=1e-4)
     with pytest.raises(ValueError, match="format"):
         write_meshes(three_structures, tmp_path / "case.vtk", fmt="vtk")
+    inline = encode_meshes(three_structures, fmt, stem="case")
+    assert inline == {path.name: path.read_bytes()}
+    assert set(inline) == {f"case.{fmt}"}
 
 
 def test_small_tumor_keeps_its_volume():
