@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -220,3 +221,42 @@ def _pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
 
+
+
+# --- stack.py itself (no shared stack needed) -------------------------------------------
+
+def test_rendered_envoy_config_validates_without_warnings(tmp_path):
+    from gateway_envoy.stack import Stack, free_ports
+
+    names = ("gateway", "admin") + tuple(SERVICE_NAMES)
+    stack = Stack(run_dir=tmp_path / "run", data_root=tmp_path / "data",
+                  ports=dict(zip(names, free_ports(len(names)))))
+    paths = stack.render()
+    output = stack.validate_envoy()
+    assert "OK" in output and "warn" not in output.lower(), output
+    config = paths["envoy.yaml"].read_text()
+    assert f"port_value: {stack.ports['gateway']}" in config
+    assert "address: 127.0.0.1, port_value: " + str(stack.ports["admin"]) in config
+    supervisor = paths["supervisord.conf"].read_text()
+    assert supervisor.count("stopsignal=TERM") == 4
+    assert f'MEDSEG_POSTPROCESS_PORT="{stack.ports["postprocess"]}"' in supervisor
+
+
+def test_up_fails_with_the_log_tail_and_leaves_nothing_running(tmp_path):
+    """A server that dies at start-up: `stack.py up` exits 1, shows why, stops everything."""
+    from gateway_envoy.stack import Stack, free_ports, port_is_free
+
+    names = ("gateway", "admin") + tuple(SERVICE_NAMES)
+    ports = dict(zip(names, free_ports(len(names))))
+    env = {**os.environ, "MEDSEG_RUN_DIR": str(tmp_path / "run"),
+           "MEDSEG_DATA_ROOT": str(tmp_path / "data"), "MEDSEG_SERVICES": "postprocess",
+           # An impossible setting: the server refuses to start (capacity below workers).
+           "MEDSEG_POSTPROCESS_QUEUE": "0", "MEDSEG_UP_TIMEOUT": "60",
+           **{f"MEDSEG_{name.upper()}_PORT": str(port) for name, port in ports.items()}}
+    script = Path(__file__).resolve().parents[2] / "gateway_envoy" / "stack.py"
+    result = subprocess.run([sys.executable, str(script), "up"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "postprocess is" in result.stderr and "queue capacity 0" in result.stderr, result.stderr
+    assert not Stack(run_dir=tmp_path / "run").running()
+    assert port_is_free(ports["gateway"]) and port_is_free(ports["admin"])
