@@ -1,0 +1,346 @@
+"""Resident nnU-Net v2 predictors: one TaskPredictor per task, built once, kept on the device.
+
+The caller reads each phase once (a `medseg.volumes.Volume`) and hands the same Volumes to every
+task that needs them. A TaskPredictor
+- checks the phases (present, 3D, not too large), brings every phase onto the first phase's
+  physical grid (linear resampling; no overlap -> ValueError),
+- optionally crops to the kidneys (+ margin) found from a kidney mask already at hand
+  (`kidney_hint`) or from a cheap low-resolution locator model, so the expensive full-resolution
+  network only sees the region that matters,
+- runs every part model through `nnUNetPredictor.predict_single_npy_array` (nnU-Net's own
+  preprocessing, sliding window and resampling back), maps each model's labels onto the task's
+  output table, merges parts, and pastes the crop back into the full grid.
+
+A TaskPredictor is not thread-safe (nnU-Net loads fold weights into one network per call):
+serialise calls per device.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from medseg.volumes import Volume
+from nnunet_svc.registry import ModelSpec, TaskSpec
+
+Progress = Callable[[str, float, str], None]
+Cancelled = Callable[[], bool]
+
+# Above this many voxels per phase an image is refused before any work (env overrides).
+DEFAULT_MAX_VOXELS = int(os.environ.get("MEDSEG_NNUNET_MAX_VOXELS", 512 * 512 * 1024))
+
+
+class PredictionCancelled(Exception):
+    """The caller's `cancelled()` turned true between stages."""
+
+
+def default_device() -> torch.device:
+    """cuda when there is a GPU, CPU otherwise (chosen once at start-up)."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- geometry helpers
+
+def _corners_index(shape_zyx: tuple[int, int, int], lo=(0, 0, 0), hi=None) -> np.ndarray:
+    """The 8 corners (x, y, z) of a voxel box [lo, hi) in continuous index space (voxel edges)."""
+    hi = hi if hi is not None else shape_zyx
+    zs = (lo[0] - 0.5, hi[0] - 0.5)
+    ys = (lo[1] - 0.5, hi[1] - 0.5)
+    xs = (lo[2] - 0.5, hi[2] - 0.5)
+    return np.array([[x, y, z] for x in xs for y in ys for z in zs], dtype=float)
+
+
+def _index_to_physical(vol: Volume, idx_xyz: np.ndarray) -> np.ndarray:
+    m = vol.index_to_physical_matrix()
+    return idx_xyz @ m[:3, :3].T + m[:3, 3]
+
+
+def _physical_to_index(vol: Volume, pts: np.ndarray) -> np.ndarray:
+    m = vol.index_to_physical_matrix()
+    return (pts - m[:3, 3]) @ np.linalg.inv(m[:3, :3]).T
+
+
+def check_3d(volume: Volume, name: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
+    """ValueError unless `volume` is a real 3D image (every axis > 1 voxel) within the size limit."""
+    arr = volume.array
+    if arr.ndim != 3 or min(arr.shape) < 2:
+        raise ValueError(f"phase {name!r} is not a 3D image (array shape {arr.shape}); "
+                         "a 3D volume with at least 2 voxels along every axis is required")
+    n = int(np.prod(arr.shape))
+    if n > max_voxels:
+        raise ValueError(f"phase {name!r} is too large: {n} voxels (size {volume.size}) exceeds the "
+                         f"limit of {max_voxels} voxels")
+    if not np.all(np.isfinite(volume.spacing)) or min(volume.spacing) <= 0:
+        raise ValueError(f"phase {name!r} has invalid spacing {volume.spacing}")
+
+
+def align_to_reference(reference: Volume, moving: Volume) -> Volume:
+    """Resample `moving` onto `reference`'s physical grid (linear; outside -> moving's minimum).
+
+    Returns `moving` unchanged when the grids already agree. ValueError when the two images do
+    not overlap in physical space at all.
+    """
+    if moving.same_grid(reference):
+        return moving
+    ref_image = reference.with_array(np.zeros(reference.array.shape, np.uint8)).to_image()
+    mov_image = Volume(moving.array.astype(np.float32, copy=False), moving.spacing, moving.origin,
+                       moving.direction).to_image()
+    coverage = sitk.Resample(
+        sitk.Cast(mov_image * 0 + 1, sitk.sitkUInt8), ref_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+        sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(coverage).any():
+        raise ValueError(
+            f"the phases do not overlap in physical space: reference origin {reference.origin} size "
+            f"{reference.size} spacing {reference.spacing}; other origin {moving.origin} size {moving.size} "
+            f"spacing {moving.spacing}")
+    fill = float(moving.array.min())
+    resampled = sitk.Resample(mov_image, ref_image, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
+    return reference.with_array(sitk.GetArrayFromImage(resampled))
+
+
+def kidney_voxels(mask: Volume, kidney_labels: Iterable[int] | None = None) -> np.ndarray:
+    """Boolean kidney mask: the given label values, else every label whose name contains 'kidney'
+    (convention 'kidney', TotalSegmentator 'kidney_left'/'kidney_right')."""
+    if kidney_labels is None:
+        if not mask.labels:
+            raise ValueError("kidney hint has no label table; cannot tell which labels are kidney")
+        kidney_labels = [v for v, n in mask.labels.items() if v != 0 and "kidney" in n.lower()
+                         and "cyst" not in n.lower()]
+        if not kidney_labels:
+            raise ValueError(f"kidney hint's label table {mask.labels} names no kidney label")
+    return np.isin(mask.array, np.asarray(list(kidney_labels)))
+
+
+def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterable[int] | None = None,
+                  margin_mm: float = 30.0) -> tuple[slice, slice, slice] | None:
+    """Index box (z, y, x slices) on `reference` covering the kidneys of `kidney_mask` + margin.
+
+    `kidney_mask` may lie on another grid (e.g. `total` computed on the portal phase, used for the
+    arterial-phase vessel task): its kidney bounding box is carried through physical space.
+    None when the mask has no kidney voxel inside the reference image.
+    """
+    kid = kidney_voxels(kidney_mask, kidney_labels)
+    if not kid.any():
+        return None
+    nz = np.nonzero(kid)
+    lo = tuple(int(a.min()) for a in nz)
+    hi = tuple(int(a.max()) + 1 for a in nz)
+    phys = _index_to_physical(kidney_mask, _corners_index(kid.shape, lo, hi))
+    idx = _physical_to_index(reference, phys)  # (x, y, z) continuous indices on the reference
+    margin_vox = np.asarray(margin_mm) / np.asarray(reference.spacing)
+    start = np.floor(idx.min(axis=0) + 0.5 - margin_vox).astype(int)
+    stop = np.ceil(idx.max(axis=0) + 0.5 + margin_vox).astype(int)
+    size_xyz = np.asarray(reference.size)
+    start = np.clip(start, 0, size_xyz)
+    stop = np.clip(stop, 0, size_xyz)
+    if np.any(stop - start < 1):
+        return None
+    return (slice(int(start[2]), int(stop[2])), slice(int(start[1]), int(stop[1])),
+            slice(int(start[0]), int(stop[0])))
+
+
+def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """Sub-volume with its origin moved so every voxel keeps its physical position."""
+    start_xyz = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
+    origin = _index_to_physical(volume, start_xyz[None])[0]
+    return Volume(np.ascontiguousarray(volume.array[box]), volume.spacing, tuple(origin), volume.direction,
+                  volume.labels)
+
+
+# ----------------------------------------------------------------------------- nnU-Net glue
+
+def nnunet_properties(volume: Volume) -> dict:
+    """Image properties exactly as nnU-Net's SimpleITKIO.read_images builds them."""
+    return {
+        "sitk_stuff": {"spacing": tuple(volume.spacing), "origin": tuple(volume.origin),
+                       "direction": tuple(volume.direction)},
+        "spacing": [abs(s) for s in list(volume.spacing)[::-1]],
+    }
+
+
+def _make_nnunet_predictor(model: ModelSpec, device: torch.device, tile_step_size: float, use_mirroring: bool):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
+        predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(model.folder), model.folds, model.checkpoint)
+    return predictor
+
+
+@dataclass
+class _Part:
+    spec: ModelSpec
+    predictor: object  # nnUNetPredictor
+    lut: np.ndarray | None  # model label -> output label (None for the locator)
+
+    @property
+    def reader_name(self) -> str:
+        return self.predictor.plans_manager.image_reader_writer_class.__name__
+
+    def segment(self, channels: list[Volume]) -> np.ndarray:
+        """nnU-Net label map on the channels' common grid (z, y, x)."""
+        if self.reader_name == "SimpleITKIO":
+            # Same array and properties SimpleITKIO.read_images would give for these images.
+            data = np.stack([c.array for c in channels]).astype(np.float32, copy=False)
+            props = nnunet_properties(channels[0])
+            return np.asarray(self.predictor.predict_single_npy_array(data, copy.deepcopy(props), None, None, False))
+        return self._segment_via_reader(channels)
+
+    def _segment_via_reader(self, channels: list[Volume]) -> np.ndarray:
+        """Models planned with another reader (e.g. a reorienting or nibabel one, as TotalSegmentator's
+        weights may be) go through that reader via temporary NIfTI files, so the axis order the
+        network sees is exactly the one it was trained with."""
+        reader = self.predictor.plans_manager.image_reader_writer_class()
+        with tempfile.TemporaryDirectory(prefix="medseg_nnunet_") as tmp:
+            files = []
+            for i, c in enumerate(channels):
+                f = Path(tmp) / f"case_{i:04d}.nii.gz"
+                sitk.WriteImage(c.to_image(), str(f))
+                files.append(str(f))
+            data, props = reader.read_images(files)
+            seg = self.predictor.predict_single_npy_array(data, copy.deepcopy(props), None, None, False)
+            out = Path(tmp) / "seg.nii.gz"
+            reader.write_seg(np.asarray(seg), str(out), props)
+            return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+
+    def warm_up(self) -> None:
+        cm = self.predictor.configuration_manager
+        pm = self.predictor.plans_manager
+        n_channels = len(self.predictor.dataset_json["channel_names"])
+        spacing_zyx = [cm.spacing[i] for i in pm.transpose_backward]
+        shape = [int(p) for p in cm.patch_size]
+        rng = np.random.default_rng(0)
+        data = rng.normal(0, 100, size=(n_channels, *[shape[i] for i in pm.transpose_backward])).astype(np.float32)
+        props = {"sitk_stuff": {"spacing": tuple(spacing_zyx[::-1]), "origin": (0.0, 0.0, 0.0),
+                                "direction": (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)},
+                 "spacing": list(spacing_zyx)}
+        self.predictor.predict_single_npy_array(data, props, None, None, False)
+
+
+def _lut(label_map: dict[int, int], model_labels: dict[int, str], dtype) -> np.ndarray:
+    size = max([*model_labels, *label_map, 0]) + 1
+    lut = np.zeros(size, dtype=dtype)
+    for m, o in label_map.items():
+        lut[m] = o
+    return lut
+
+
+class TaskPredictor:
+    """One task's models, loaded once and kept resident on `device`."""
+
+    def __init__(self, spec: TaskSpec, device: torch.device | None = None, max_voxels: int = DEFAULT_MAX_VOXELS):
+        self.spec = spec
+        self.device = device or default_device()
+        self.max_voxels = max_voxels
+        self.out_dtype = np.uint8 if max(spec.labels) <= 255 else np.uint16
+        self.ready = False
+        self.parts: list[_Part] = []
+        for m in spec.models:
+            predictor = _make_nnunet_predictor(m, self.device, spec.tile_step_size, spec.use_mirroring)
+            self.parts.append(_Part(m, predictor, _lut(m.label_map, m.model_labels, self.out_dtype)))
+        self.locator: _Part | None = None
+        if spec.kidney_crop and spec.locator is not None:
+            loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False)
+            self.locator = _Part(spec.locator, loc, None)
+
+    def warm_up(self) -> None:
+        """One prediction per network: moves weights to the device, builds caches (gaussian, cudnn)."""
+        for part in self.parts + ([self.locator] if self.locator else []):
+            with contextlib.redirect_stdout(io.StringIO()):
+                part.warm_up()
+        self.ready = True
+
+    # -------------------------------------------------------------------------------------------
+    def _check_phases(self, phases: dict[str, Volume]) -> list[Volume]:
+        missing = [p for p in self.spec.phases if p not in phases or phases[p] is None]
+        if missing:
+            raise ValueError(f"task {self.spec.name!r} needs phase(s) {missing} "
+                             f"(expects {self.spec.phases} in this order); got {sorted(phases)}")
+        for p in self.spec.phases:
+            check_3d(phases[p], p, self.max_voxels)
+        reference = phases[self.spec.phases[0]]
+        aligned = [reference]
+        for p in self.spec.phases[1:]:
+            try:
+                aligned.append(align_to_reference(reference, phases[p]))
+            except ValueError as err:
+                raise ValueError(f"phase {p!r} cannot be brought onto phase {self.spec.phases[0]!r}: {err}") from err
+        return aligned
+
+    def locate_kidneys(self, reference: Volume, kidney_hint: Volume | None = None) -> tuple[slice, slice, slice] | None:
+        """Kidney box on the reference grid: from the hint when given, else from the locator model."""
+        margin = self.spec.crop_margin_mm
+        if kidney_hint is not None:
+            return kidney_region(reference, kidney_hint, None, margin)
+        if self.locator is None:
+            return None
+        seg = self.locator.segment([reference])
+        mask = reference.with_array(seg.astype(np.uint8, copy=False))
+        return kidney_region(reference, mask, self.spec.locator_kidney_labels, margin)
+
+    def predict(self, phases: dict[str, Volume], *, kidney_crop: bool = True, kidney_hint: Volume | None = None,
+                progress: Progress | None = None, cancelled: Cancelled | None = None) -> Volume:
+        """The task's mask on the first phase's grid, labels = spec.labels (see module doc)."""
+        def report(stage: str, fraction: float, message: str) -> None:
+            if cancelled is not None and cancelled():
+                raise PredictionCancelled(f"task {self.spec.name!r} cancelled during {stage}")
+            if progress is not None:
+                progress(stage, fraction, message)
+
+        report("check", 0.0, f"checking phases {self.spec.phases}")
+        channels = self._check_phases(phases)
+        reference = channels[0]
+        box = None
+        if kidney_crop and self.spec.kidney_crop:
+            report("locate", 0.1, "finding the kidneys" + (" from the given mask" if kidney_hint is not None
+                                                          else " with the low-resolution locator"))
+            box = self.locate_kidneys(reference, kidney_hint)
+        if box is not None:
+            work = [crop_volume(c, box) for c in channels]
+            crop_size = work[0].size
+            region = f"kidney crop {crop_size} of {reference.size}"
+        else:
+            work = channels
+            region = f"full image {reference.size}"
+        out = np.zeros(work[0].array.shape, dtype=self.out_dtype)
+        n = len(self.parts)
+        for i, part in enumerate(self.parts):
+            report("predict", 0.2 + 0.75 * i / n, f"model {i + 1}/{n} ({part.spec.folder.parent.name}) on {region}")
+            seg = part.segment(work)
+            mapped = part.lut[np.clip(seg, 0, len(part.lut) - 1)]
+            np.copyto(out, mapped, where=mapped > 0)  # later parts win where parts overlap
+        report("paste", 0.97, "pasting into the full grid" if box is not None else "done")
+        if box is not None:
+            full = np.zeros(reference.array.shape, dtype=self.out_dtype)
+            full[box] = out
+            out = full
+        mask = reference.with_array(out, labels=dict(self.spec.labels))
+        if progress is not None:
+            progress("done", 1.0, region)
+        return mask
+
+
+def build_predictors(registry: dict[str, TaskSpec], device: torch.device | None = None, warm_up: bool = True,
+                     progress: Progress | None = None) -> dict[str, TaskPredictor]:
+    """All tasks' predictors, built (and warmed up) once at start-up."""
+    device = device or default_device()
+    out = {}
+    for i, (name, spec) in enumerate(registry.items()):
+        if progress:
+            progress("load", i / max(1, len(registry)), f"loading {name}")
+        p = TaskPredictor(spec, device)
+        if warm_up:
+            p.warm_up()
+        out[name] = p
+    return out

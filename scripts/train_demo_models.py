@@ -1,0 +1,343 @@
+#!/usr/bin/env python
+"""Train the small demo nnU-Net v2 models on the synthetic CT phantom (`make models`).
+
+For every demo task this script
+1. generates phantom cases (`medseg.phantom.make_phantom`) and writes an nnU-Net raw dataset
+   (imagesTr/case_XXX_0000.nii.gz, labelsTr, dataset.json with channel_names and labels),
+2. plans and preprocesses it with nnU-Net's own `nnUNetv2_plan_and_preprocess` (3d_fullres), then
+   shrinks the planned network (fewer features, small patch) so it trains in minutes on a CPU,
+3. trains it with nnU-Net's own trainer (`DemoTrainer`, an `nnUNetTrainer` subclass that only
+   shortens the schedule) on fold 0,
+4. copies dataset.json, plans.json and fold_0/checkpoint_final.pth into
+   `models/demo/DatasetNNN_<Task>/nnUNetTrainer__nnUNetPlans__3d_fullres/`, stripped to what
+   inference reads (network weights, init args, trainer name, mirroring axes; no optimizer state),
+5. evaluates Dice on held-out phantom seeds through the service's own TaskPredictor.
+
+Why the checkpoint records `trainer_name: nnUNetTrainer`: nnU-Net's predictor rebuilds the network
+by looking the trainer class up by name inside the installed nnunetv2 package. DemoTrainer only
+changes the schedule (epochs, iterations), never the architecture, so the stock nnUNetTrainer
+builds the identical network, and the committed folders load in any stock nnunetv2 install
+(nnUNetv2_predict_from_modelfolder included). The real trainer and schedule are kept in
+`demo_training.json` next to plans.json.
+
+Usage: .venv/bin/python scripts/train_demo_models.py [--tasks vessels,tumor] [--cases 24] ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from medseg.labels import NAMES as CONVENTION  # noqa: E402
+from medseg.volumes import Volume, write_volume  # noqa: E402
+
+CONV_BY_NAME = {n: v for v, n in CONVENTION.items()}
+
+# TotalSegmentator class names split into two part models (as TotalSegmentator's `total` is split
+# into several parts); the registry merges them back into TotalSegmentator's numbering.
+TOTAL_PART1 = ("spleen", "kidney_right", "kidney_left", "liver")
+
+# task -> dataset id, folder name, input phases (channel order), output structures of the convention
+TASKS = {
+    # the whole-body parts have no Dice target and train on a shorter schedule
+    "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=10),
+    "total_part2": dict(id=902, name="TotalPart2", spacing=4.0, epochs=12),
+    "vessels": dict(id=903, name="Vessels", spacing=2.5, phases=["arterial", "portal"],
+                    structures=["kidney", "artery", "vein"]),
+    "ureter": dict(id=904, name="Ureter", spacing=2.5, phases=["delayed"], structures=["kidney", "ureter"]),
+    "tumor": dict(id=905, name="Tumor", spacing=2.5, phases=["portal"], structures=["kidney", "tumor"]),
+}
+TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+
+
+def dataset_folder_name(task: str) -> str:
+    t = TASKS[task]
+    return f"Dataset{t['id']}_{t['name']}"
+
+
+# ----------------------------------------------------------------------------- phantom -> labels
+
+def task_labels(task: str, organ_table: dict[int, str]) -> dict[str, int]:
+    """The model's own consecutive label numbering (nnU-Net needs 0..K), name -> value."""
+    if task == "total_part1":
+        names = [n for n in TOTAL_PART1 if n in organ_table.values()]
+    elif task == "total_part2":
+        names = [n for v, n in sorted(organ_table.items()) if v != 0 and n not in TOTAL_PART1]
+    else:
+        names = TASKS[task]["structures"]
+    return {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
+
+
+def task_target(task: str, case, labels: dict[str, int]) -> np.ndarray:
+    """The ground-truth mask in the model's numbering."""
+    if task.startswith("total"):
+        src = case.organs.array
+        by_name = {n: v for v, n in case.organs.labels.items()}
+        out = np.zeros(src.shape, np.uint8)
+        for name, value in labels.items():
+            if value:
+                out[src == by_name[name]] = value
+        return out
+    conv = case.labels.array
+    out = np.zeros(conv.shape, np.uint8)
+    for name, value in labels.items():
+        if value:
+            out[conv == CONV_BY_NAME[name]] = value
+    if "kidney" in labels and "tumor" not in labels:
+        # Tasks without a tumor label see the tumor as part of the kidney it sits in.
+        out[conv == CONV_BY_NAME["tumor"]] = labels["kidney"]
+    return out
+
+
+def task_phases(task: str, seed: int) -> list[str]:
+    if task.startswith("total"):
+        # Whole-body models should work on any phase (they also locate the kidneys for the
+        # kidney tasks, whose reference phase differs): one random phase per case.
+        return [("arterial", "portal", "delayed")[np.random.default_rng(seed + 7919).integers(3)]]
+    return TASKS[task]["phases"]
+
+
+# Whole-body field of view of the phantom (its default); the size follows from the spacing.
+FOV_MM = (380.0, 380.0, 300.0)
+
+
+def make_case(seed: int, spacing: float):
+    from medseg.phantom import make_phantom
+
+    size = tuple(int(round(f / spacing)) for f in FOV_MM)
+    return make_phantom(size=size, spacing=(spacing,) * 3, seed=seed, fov_mm=FOV_MM)
+
+
+# ----------------------------------------------------------------------------- nnU-Net steps
+
+def write_raw_dataset(task: str, seeds: list[int], raw_root: Path, args, cases_cache: dict) -> Path:
+    folder = raw_root / dataset_folder_name(task)
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    labels = None
+    for seed in seeds:
+        spacing = TASKS[task]["spacing"]
+        key = (seed, spacing)
+        case = cases_cache[key] if key in cases_cache else cases_cache.setdefault(key, make_case(seed, spacing))
+        if labels is None:
+            labels = task_labels(task, case.organs.labels)
+        for c, phase in enumerate(task_phases(task, seed)):
+            write_volume(case.phases[phase], folder / "imagesTr" / f"case_{seed:03d}_{c:04d}.nii.gz")
+        ref = case.phases[task_phases(task, seed)[0]]
+        write_volume(ref.with_array(task_target(task, case, labels)), folder / "labelsTr" / f"case_{seed:03d}.nii.gz")
+    n_channels = len(task_phases(task, seeds[0]))
+    dataset = {
+        # CT normalisation (global HU percentiles) for every phase
+        "channel_names": {str(i): "CT" for i in range(n_channels)},
+        "labels": labels,
+        "numTraining": len(seeds),
+        "file_ending": ".nii.gz",
+        "name": dataset_folder_name(task),
+        "description": f"medseg demo model for `{task}` trained on the synthetic CT phantom "
+                       f"(phases: {', '.join(TASKS[task].get('phases', ['any']))})",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return folder
+
+
+def shrink_plans(plans_file: Path, args) -> None:
+    """Smaller network and patch than nnU-Net's GPU-sized defaults, so CPU training takes minutes.
+    Preprocessing only depends on spacing and normalisation, which are left as planned."""
+    plans = json.loads(plans_file.read_text())
+    cfg = plans["configurations"]["3d_fullres"]
+    arch = cfg["architecture"]["arch_kwargs"]
+    n = args.stages
+    cfg["patch_size"] = [args.patch] * 3
+    cfg["batch_size"] = args.batch
+    arch["n_stages"] = n
+    arch["features_per_stage"] = [min(args.features * 2 ** i, 320) for i in range(n)]
+    arch["kernel_sizes"] = [[3, 3, 3]] * n
+    arch["strides"] = [[1, 1, 1]] + [[2, 2, 2]] * (n - 1)
+    arch["n_conv_per_stage"] = [2] * n
+    arch["n_conv_per_stage_decoder"] = [2] * (n - 1)
+    plans_file.write_text(json.dumps(plans, indent=2))
+
+
+def task_epochs(task: str, args) -> int:
+    return args.epochs if args.epochs is not None else TASKS[task].get("epochs", 24)
+
+
+def make_demo_trainer(epochs: int, iterations: int):
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class DemoTrainer(nnUNetTrainer):
+        """nnUNetTrainer with a short schedule; architecture, loss and augmentation unchanged."""
+
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                     device: torch.device = torch.device("cpu")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = epochs
+            self.num_iterations_per_epoch = iterations
+            self.num_val_iterations_per_epoch = 4
+            self.save_every = 10 ** 6  # only checkpoint_final
+
+    return DemoTrainer
+
+
+def train(task: str, env_paths: dict, args) -> Path:
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: F401
+
+    pre = Path(env_paths["nnUNet_preprocessed"]) / dataset_folder_name(task)
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    plans["continue_training"] = False  # what run_training.py sets for a fresh run
+    trainer_cls = make_demo_trainer(task_epochs(task, args), args.iterations)
+    trainer = trainer_cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dataset_json,
+                          device=torch.device("cpu"))
+    trainer.run_training()
+    return Path(trainer.output_folder)
+
+
+def _plain(value):
+    """numpy scalars/lists -> JSON-able Python values."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return None if value is None else float(value)
+
+
+def slim_export(task: str, fold_folder: Path, out_root: Path, args, seconds: float) -> Path:
+    import torch
+
+    src_base = fold_folder.parent
+    dst = out_root / dataset_folder_name(task) / TRAINER_FOLDER
+    if dst.exists():
+        shutil.rmtree(dst)
+    (dst / "fold_0").mkdir(parents=True)
+    for name in ("dataset.json", "plans.json"):
+        shutil.copy(src_base / name, dst / name)
+    ckpt = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    slim = {
+        "network_weights": ckpt["network_weights"],
+        "init_args": ckpt["init_args"],
+        "trainer_name": "nnUNetTrainer",  # same architecture; see module docstring
+        "inference_allowed_mirroring_axes": ckpt["inference_allowed_mirroring_axes"],
+        "current_epoch": ckpt["current_epoch"],
+    }
+    torch.save(slim, dst / "fold_0" / "checkpoint_final.pth")
+    log = ckpt.get("logging", {})
+    record = {
+        "trained_with": "DemoTrainer (scripts/train_demo_models.py): nnUNetTrainer with a short schedule",
+        "epochs": task_epochs(task, args), "iterations_per_epoch": args.iterations, "training_cases": args.cases,
+        "phantom": {"fov_mm": FOV_MM, "spacing_mm": TASKS[task]["spacing"], "seeds": f"0..{args.cases - 1}"},
+        "network": {"stages": args.stages, "base_features": args.features, "patch": args.patch, "batch": args.batch},
+        "train_seconds_cpu": round(seconds, 1),
+        "final_train_loss": _plain((log.get("train_losses") or [None])[-1]),
+        "final_val_pseudo_dice": _plain((log.get("dice_per_class_or_region") or [None])[-1]),
+    }
+    (dst / "demo_training.json").write_text(json.dumps(record, indent=2))
+    return dst
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def evaluate(seeds: list[int], args, registry_file: Path | None = None) -> dict:
+    """Dice per task and label on held-out phantom seeds, through the service's TaskPredictor."""
+    import torch
+
+    from nnunet_svc.predict import TaskPredictor
+    from nnunet_svc.registry import load_registry
+
+    registry = load_registry(registry_file)
+    results: dict[str, dict[str, list[float]]] = {}
+    predictors = {name: TaskPredictor(spec, torch.device("cpu")) for name, spec in registry.items()}
+    for seed in seeds:
+        case = make_case(seed, args.eval_spacing)
+        for name, pred in predictors.items():
+            mask = pred.predict({p: case.phases[p] for p in pred.spec.phases}, kidney_crop=False)
+            for value, label in pred.spec.labels.items():
+                if value == 0:
+                    continue
+                if name == "total":
+                    by_name = {n: v for v, n in case.organs.labels.items()}
+                    truth = case.organs.array == by_name[label]
+                else:
+                    truth = task_target(name, case, {"background": 0, **{
+                        n: CONV_BY_NAME[n] for n in pred.spec.labels.values() if n != "background"}}) == value
+                results.setdefault(name, {}).setdefault(label, []).append(dice(mask.array == value, truth))
+    return {t: {l: float(np.mean(v)) for l, v in d.items()} for t, d in results.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
+    ap.add_argument("--cases", type=int, default=20, help="training cases (phantom seeds 0..N-1)")
+    ap.add_argument("--eval-spacing", type=float, default=2.5, help="held-out phantom spacing (mm)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: 24, whole-body parts 10-12)")
+    ap.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--features", type=int, default=8, help="features of the first stage (doubling per stage)")
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/medseg_nnunet_work"))
+    ap.add_argument("--out", type=Path, default=REPO / "models" / "demo")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-seeds", type=int, nargs="*", default=[1000, 1001, 1002])
+    ap.add_argument("--skip-train", action="store_true", help="only evaluate the registry's models")
+    args = ap.parse_args()
+
+    env_paths = {k: str(args.work / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for p in env_paths.values():
+        Path(p).mkdir(parents=True, exist_ok=True)
+    os.environ.update(env_paths)
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        sys.exit(f"unknown task(s) {unknown}; known: {list(TASKS)}")
+
+    if not args.skip_train:
+        cases_cache: dict = {}
+        seeds = list(range(args.cases))
+        for task in tasks:
+            t0 = time.time()
+            print(f"[{task}] writing raw dataset ({len(seeds)} cases)", flush=True)
+            write_raw_dataset(task, seeds, Path(env_paths["nnUNet_raw"]), args, cases_cache)
+            print(f"[{task}] nnUNetv2_plan_and_preprocess", flush=True)
+            subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d",
+                            str(TASKS[task]["id"]), "-c", "3d_fullres", "-np", str(args.threads),
+                            "--verify_dataset_integrity"], check=True, env=os.environ.copy(),
+                           stdout=subprocess.DEVNULL)
+            shrink_plans(Path(env_paths["nnUNet_preprocessed"]) / dataset_folder_name(task) / "nnUNetPlans.json", args)
+            print(f"[{task}] training {task_epochs(task, args)} x {args.iterations} iterations", flush=True)
+            t1 = time.time()
+            fold_folder = train(task, env_paths, args)
+            dst = slim_export(task, fold_folder, args.out, args, time.time() - t1)
+            print(f"[{task}] exported {dst} ({time.time() - t0:.0f} s)", flush=True)
+
+    if args.eval_seeds:
+        scores = evaluate(args.eval_seeds, args)
+        print(json.dumps(scores, indent=2))
+        (args.out / "demo_eval.json").write_text(json.dumps(
+            {"seeds": args.eval_seeds, "kidney_crop": False, "dice": scores}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
