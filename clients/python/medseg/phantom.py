@@ -377,8 +377,7 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
         else:
             # the right renal artery passes behind the IVC
             behind = [ivc_xy[0], ivc_xy[1] + ivc_r + artery_r + 6.0, artery_z]
-            beside = [ivc_xy[0] - ivc_r - artery_r - 3.0, behind[1], artery_z]
-            artery = [[*aorta_xy, artery_z], [aorta_xy[0], aorta_xy[1] + aorta_r * 0.6, artery_z], behind, beside, artery_end]
+            artery = [[*aorta_xy, artery_z], [aorta_xy[0], aorta_xy[1] + aorta_r * 0.6, artery_z], behind, artery_end]
             vein = [vein_end, [*ivc_xy, vein_z]]
         tube(f"renal_artery_{side}", "renal_artery", artery, artery_r, "aorta")
         tube(f"renal_vein_{side}", "renal_vein", vein, vein_r, "inferior_vena_cava")
