@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import string
 import subprocess
@@ -241,7 +240,7 @@ class Stack:
             elapsed = time.monotonic() - start
             states = self.processes()
             for program in ("envoy",) + self.services:
-                info = states[f"{program}"] if program in states else None
+                info = states.get(program)
                 if info and info["statename"] in ("FATAL", "EXITED", "BACKOFF"):
                     raise StackError(f"{program} is {info['statename']} after {elapsed:.0f} s "
                                      f"({info.get('spawnerr') or info.get('description')}); "
@@ -266,6 +265,11 @@ class Stack:
         """Render, validate, start supervisord (background) and wait for readiness."""
         if self.running():
             say(f"stack already running (supervisord in {self.run_dir}); waiting for readiness")
+            states = self.processes()
+            for name in self.services:
+                if states[name]["statename"] in ("STOPPED", "EXITED", "FATAL"):
+                    say(f"starting {name}")
+                    self.start_program(name)
             return self.wait_ready(timeout, say)
         wanted = {"gateway": self.ports["gateway"], "admin": self.ports["admin"],
                   **{name: self.ports[name] for name in self.services}}
@@ -275,6 +279,7 @@ class Stack:
                              f"(another stack? set MEDSEG_<NAME>_PORT to move)")
         self.render()
         self.validate_envoy()
+        self.data_root.mkdir(parents=True, exist_ok=True)
         say(f"starting {', '.join(('envoy',) + self.services)} (gateway {self.gateway}, admin "
             f"{self.admin_url}, data root {self.data_root}, logs {self.logs_dir})")
         env = {**os.environ, **self.environment()}
@@ -402,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             try:
                 stack.up(args.timeout)
-            except StackError as exc:
-                print(f"stack.py up: {exc}", file=sys.stderr)
+            except (StackError, KeyboardInterrupt) as exc:
+                print(f"stack.py up: {exc or 'interrupted'}", file=sys.stderr)
                 if stack.running() and not args.keep:
                     stack.down(say=lambda line: print(line, file=sys.stderr))
                 return 1
@@ -432,5 +437,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
