@@ -270,11 +270,6 @@ def _ellipsoid_surface_point(centre, semi, axes, local_direction):
     return centre + axes @ q, axes @ n_local
 
 
-def _inside_ellipsoid(point, centre, semi, axes) -> float:
-    q = axes.T @ (np.asarray(point, float) - centre)
-    return float(((q / semi) ** 2).sum())
-
-
 def _draw_anatomy(seed: int, tumor: bool) -> dict:
     """All structure parameters in mm, from one seeded generator (grid independent)."""
     rng = np.random.default_rng(seed)
