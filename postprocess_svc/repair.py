@@ -160,7 +160,7 @@ def connect_label(
     iso = limits.skeleton_spacing_mm or float(np.clip(spacing_zyx.min(), 0.5, 1.0))
 
     report_stage(progress, cancelled, "resample", 0.1, f"isotropic {iso:g} mm grid")
-    iso_mask = _resample_isotropic(target, spacing_zyx, iso)
+    iso_mask, iso_origin = _resample_isotropic(target, spacing_zyx, iso, np.array([sl.start for sl in slices]))
 
     report_stage(progress, cancelled, "skeleton", 0.2, f"skeletonising {int(iso_mask.sum())} voxels")
     skeleton = skeletonize(iso_mask)
@@ -171,7 +171,7 @@ def connect_label(
     del iso_mask
 
     report_stage(progress, cancelled, "graph", 0.5, f"skeleton graph on {graph.name}")
-    skel = SkeletonGraph.build(skeleton, iso, radius_map, graph)
+    skel = SkeletonGraph.build(skeleton, iso, radius_map, graph, iso_origin)
     del skeleton, radius_map
     skel.prune_spurs()
     ends = skel.endpoints(limits.tangent_length_mm, iso_pieces)
@@ -185,13 +185,16 @@ def connect_label(
     def where(point: np.ndarray) -> str:
         return "(" + ", ".join(f"{v:.0f}" for v in _to_physical(mask, slices, point, spacing_zyx)) + ") mm"
 
+    # Which original-grid piece each skeleton node lies in (resampling can split a piece).
+    node_index = np.clip(np.rint(skel.position / spacing_zyx).astype(int), 0, np.array(region.shape) - 1)
+    node_piece = region_pieces[tuple(node_index.T)]
     candidates = _candidate_joins(
-        skel, ends, node_volume, region, label, spacing_zyx, limits, rejected, where, region_pieces
+        skel, ends, node_volume, region, label, spacing_zyx, limits, rejected, where, region_pieces, node_piece
     )
     del region_pieces
 
     report_stage(progress, cancelled, "bridge", 0.85, f"{len(candidates)} candidate joins")
-    chosen = _choose_joins(candidates, skel.component)
+    chosen = _choose_joins(candidates, skel.component, node_piece)
     bridges = []
     for cand in chosen:
         added = _paint_tube(region, label, cand.start, cand.end, cand.radius_start, cand.radius_end, spacing_zyx)
@@ -256,17 +259,33 @@ def _check_inputs(mask: Volume, label: int) -> int:
 # grids
 
 
-def _resample_isotropic(target: np.ndarray, spacing_zyx: np.ndarray, iso: float) -> np.ndarray:
-    """Binary mask on an isotropic grid whose voxel i sits at crop index i * iso / spacing
-    (voxel 0 shared), by linear interpolation and a 0.5 threshold."""
-    if np.allclose(spacing_zyx, iso):
-        return target.copy()
-    scale = iso / spacing_zyx
-    shape = tuple(int(math.floor((n - 1) * s / iso + 1e-9)) + 1 for n, s in zip(target.shape, spacing_zyx))
+def _resample_isotropic(
+    target: np.ndarray, spacing_zyx: np.ndarray, iso: float, start_zyx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binary mask on an isotropic grid by linear interpolation and a 0.5 threshold.
+
+    The isotropic grid is anchored to the FULL volume (its nodes sit at multiples of iso mm
+    from voxel 0), not to the crop, so the cropped and whole-volume paths sample the same
+    points and find the same skeleton. Returns the mask and the crop-local mm (z, y, x) of
+    its voxel 0."""
+    offset_mm = start_zyx * spacing_zyx  # crop start, mm from the volume's voxel 0
+    phase = np.ceil(offset_mm / iso - 1e-6) * iso - offset_mm
+    phase = np.maximum(phase, 0.0)
+    if np.allclose(spacing_zyx, iso) and np.allclose(phase, 0.0):
+        return target.copy(), phase
+    extent = (np.array(target.shape) - 1) * spacing_zyx - phase
+    shape = tuple(int(math.floor(e / iso + 1e-6)) + 1 for e in extent)
     resampled = ndimage.affine_transform(
-        target.astype(np.float32), scale, output_shape=shape, order=1, mode="constant", cval=0.0, output=np.float32
+        target.astype(np.float32),
+        iso / spacing_zyx,
+        offset=phase / spacing_zyx,
+        output_shape=shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
+        output=np.float32,
     )
-    return resampled >= 0.5
+    return resampled >= 0.5, phase
 
 
 def _to_physical(mask: Volume, slices, point_mm_zyx: np.ndarray, spacing_zyx: np.ndarray) -> tuple[float, float, float]:
@@ -320,10 +339,11 @@ class End:
 class SkeletonGraph:
     """Skeleton voxels as graph nodes, 26-neighbour adjacency as edges."""
 
-    def __init__(self, coords, iso, radius, edges, graph: GraphBackend):
+    def __init__(self, coords, iso, radius, edges, graph: GraphBackend, origin=(0.0, 0.0, 0.0)):
         self.coords = coords  # (N, 3) iso-grid indices (z, y, x)
         self.iso = iso
-        self.position = coords * iso  # crop-local mm
+        self.origin = np.asarray(origin, dtype=float)  # crop-local mm of iso voxel 0
+        self.position = coords * iso + self.origin  # crop-local mm
         self.radius = radius  # (N,) mm, distance map at the node less half a voxel
         self.edges = edges
         self.graph = graph
@@ -341,7 +361,9 @@ class SkeletonGraph:
         return len(self.coords)
 
     @classmethod
-    def build(cls, skeleton: np.ndarray, iso: float, radius_map: np.ndarray, graph: GraphBackend) -> "SkeletonGraph":
+    def build(
+        cls, skeleton: np.ndarray, iso: float, radius_map: np.ndarray, graph: GraphBackend, origin=(0.0, 0.0, 0.0)
+    ) -> "SkeletonGraph":
         coords = np.argwhere(skeleton)
         shape = np.array(skeleton.shape)
         linear = np.ravel_multi_index(coords.T, skeleton.shape) if len(coords) else np.zeros(0, np.int64)
@@ -359,7 +381,7 @@ class SkeletonGraph:
         # The distance map at a skeleton voxel (to the nearest background voxel centre) is an
         # unbiased radius on digitised tubes of r = 2-4 mm (measured), so no correction.
         radius = np.maximum(radius_map[tuple(coords.T)], 0.5 * iso)
-        return cls(coords, iso, radius.astype(float), edges.astype(np.int64), graph)
+        return cls(coords, iso, radius.astype(float), edges.astype(np.int64), graph, origin)
 
     def neighbours(self, node: int) -> np.ndarray:
         row = self.adj.indices[self.adj.indptr[node] : self.adj.indptr[node + 1]]
@@ -431,7 +453,7 @@ class SkeletonGraph:
         lo = np.maximum(centre - half, 0)
         hi = np.minimum(centre + half + 1, pieces.shape)
         box = pieces[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        points = (np.argwhere(box == pieces[tuple(centre)]) + lo) * self.iso
+        points = (np.argwhere(box == pieces[tuple(centre)]) + lo) * self.iso + self.origin
         ball = points[np.linalg.norm(points - self.position[tip], axis=1) <= reach]
         if len(ball) < 8:
             return None
@@ -542,6 +564,7 @@ def _candidate_joins(
     rejected: list[str],
     where: Callable[[np.ndarray], str],
     region_pieces: np.ndarray,
+    node_piece: np.ndarray,
 ) -> list[_Candidate]:
     if not ends:
         return []
@@ -605,7 +628,6 @@ def _candidate_joins(
     # near its origin, whose stump the skeleton may not show). The ray is followed on the
     # original grid; the piece it meets first must not be thinner than the branch.
     alive = np.flatnonzero(skel.alive)
-    node_piece = region_pieces[tuple(np.clip(np.rint(skel.position / spacing_zyx).astype(int), 0, np.array(region.shape) - 1).T)]
     tree = cKDTree(skel.position[alive]) if alive.size else None
     step = 0.25 * float(spacing_zyx.min())
     for a in ends:
@@ -666,8 +688,11 @@ def _candidate_joins(
     return candidates
 
 
-def _choose_joins(candidates: list[_Candidate], component: np.ndarray) -> list[_Candidate]:
-    """Kruskal-style: cheapest first; join only pieces not yet connected; each end once."""
+def _choose_joins(candidates: list[_Candidate], component: np.ndarray, node_piece: np.ndarray) -> list[_Candidate]:
+    """Kruskal-style: cheapest first; join only pieces not yet connected; each end once.
+
+    Skeleton components lying in one piece of the original mask (split by resampling) start
+    out connected: they need no bridge."""
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -676,6 +701,15 @@ def _choose_joins(candidates: list[_Candidate], component: np.ndarray) -> list[_
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
+
+    first_component_of_piece: dict[int, int] = {}
+    for comp, piece in zip(component.tolist(), node_piece.tolist()):
+        if piece == 0:
+            continue
+        anchor = first_component_of_piece.setdefault(piece, comp)
+        root_a, root_b = find(comp), find(anchor)
+        if root_a != root_b:
+            parent[root_a] = root_b
 
     used: set[int] = set()
     chosen = []

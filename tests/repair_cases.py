@@ -112,16 +112,18 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 class CutPhantom:
     cut: Volume  # the phantom's label mask with gaps cut into artery and ureters
     truth: Volume  # the uncut label mask
-    gaps: list[tuple[str, float, float]]  # (tube name, arc length mm, gap mm)
+    gaps: list[tuple[str, float, float, int]]  # (tube name, arc length mm, gap mm, label)
     removed: np.ndarray  # bool: voxels the cuts removed
 
 
 # Where to cut each phantom tube: (fraction of its length, gap mm). Gaps 2-8 mm, away from
-# the tube ends so every gap has tube on both sides.
+# bends and ends so every gap has tube on both sides. (The left renal artery is left whole:
+# between the aorta wall and the kidney it is too short to leave a tube on both sides.)
 PHANTOM_CUTS = {
-    "renal_artery_left": [(0.55, 5.0)],
+    "aorta": [(0.6, 2.0)],  # the polyline starts far above the field of view: 0.6 is inside it
     "renal_artery_right": [(0.35, 3.0), (0.75, 7.0)],
     "iliac_artery_left": [(0.45, 4.0)],
+    "iliac_artery_right": [(0.6, 6.0)],
     "ureter_left": [(0.3, 2.0), (0.7, 8.0)],
     "ureter_right": [(0.25, 6.0), (0.6, 3.0)],
 }
@@ -139,19 +141,24 @@ def cut_phantom(size=(192, 192, 160), seed: int = 0, cuts=None) -> CutPhantom:
         line = polyline(tube["points_mm"], step=0.1)
         total = arc_length(line)[-1]
         label = int(tube["label"]) if not isinstance(tube["label"], str) else _label_value(tube["label"])
+        chosen: list[float] = []
         for fraction, gap in plan:
-            at = _away_from_bends(tube["points_mm"], fraction * total, total)
+            at = _away_from_bends(tube["points_mm"], fraction * total, total, chosen)
+            chosen.append(at)
             cut_slab(cut, label, line, at, gap, tube["radius_mm"])
-            gaps.append((name, round(at, 1), gap))
+            gaps.append((name, round(float(at), 1), gap, label))
     return CutPhantom(cut=cut, truth=truth, gaps=gaps, removed=(truth.array != cut.array))
 
 
-def _away_from_bends(points, at_mm: float, total: float, clearance: float = 10.0) -> float:
+def _away_from_bends(points, at_mm: float, total: float, other_cuts=(), clearance: float = 10.0) -> float:
     """The arc length nearest at_mm that lies clearance mm from every bend and end of the
-    polyline (a cut right on a bend leaves two ends that face different ways)."""
+    polyline (a cut right on a bend leaves two ends that face different ways) and 2 x
+    clearance from the other cuts (so every piece between cuts is a tube, not a disc)."""
     corners = arc_length(np.asarray(points, float))
     options = np.arange(clearance, total - clearance, 0.5)
     far = np.all(np.abs(options[:, None] - corners[None, :]) >= clearance, axis=1)
+    for other in other_cuts:
+        far &= np.abs(options - other) >= 2 * clearance
     if not far.any():
         return at_mm
     options = options[far]
