@@ -13,6 +13,11 @@ from medseg.serving.errors import FieldError, Unsupported, streaming_rpc
 from medseg.serving.server import Server, serve_forever, setup_logging
 from medseg.serving.work import WorkQueue
 from medseg.volume.v1 import volume_pb2 as vpb
+from postprocess_svc.fat import add_fat
+from postprocess_svc.graph import select_backend
+from postprocess_svc.measure import measure_mask
+from postprocess_svc.repair import RepairLimits, connect_label
+from postprocess_svc.template import fit_template
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PostprocessService"].full_name
 _BACKENDS = {pb.GRAPH_BACKEND_UNSPECIFIED: "auto", pb.GRAPH_BACKEND_SCIPY: "scipy",
@@ -25,8 +30,6 @@ def _box(item) -> vpb.BoundingBox:
 
 
 def _repair_limits(limits: pb.RepairLimits):
-    from postprocess_svc.repair import RepairLimits
-
     values = {name: getattr(limits, name) for name in ("max_gap_mm", "max_angle_deg", "min_radius_ratio")
               if limits.HasField(name)}
     for name, value in values.items():
@@ -52,8 +55,6 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
 
     @streaming_rpc
     def Measure(self, request_iterator, context):
-        from postprocess_svc.measure import measure_mask
-
         call = StreamingCall(context, self.config, pb.MeasureResponse)
         params = call.receive(request_iterator)
         mask = call.load_mask("mask", params.mask_path)
@@ -70,8 +71,6 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
 
     @streaming_rpc
     def AddFat(self, request_iterator, context):
-        from postprocess_svc.fat import add_fat
-
         call = StreamingCall(context, self.config, pb.AddFatResponse)
         params = call.receive(request_iterator)
         mask = call.load_mask("mask", params.mask_path)
@@ -95,8 +94,6 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
 
     @streaming_rpc
     def SampleFromTemplate(self, request_iterator, context):
-        from postprocess_svc.template import fit_template
-
         call = StreamingCall(context, self.config, pb.SampleFromTemplateResponse)
         params = call.receive(request_iterator)
         mask = call.load_mask("mask", params.mask_path)
@@ -113,8 +110,6 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
             output=output, fit=fit, info=call.info()))
 
     def _connect(self, request_iterator, context, response_cls, result_cls, label, suffix):
-        from postprocess_svc.repair import connect_label
-
         call = StreamingCall(context, self.config, response_cls)
         params = call.receive(request_iterator)
         mask = call.load_mask("mask", params.mask_path)
@@ -124,7 +119,6 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
         if backend is None:
             raise FieldError("params.backend", f"unknown graph backend {params.backend}")
         if backend == "cugraph":
-            from postprocess_svc.graph import select_backend
             try:
                 select_backend("cugraph")
             except ValueError as exc:

@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from medseg import codec
 from medseg.codec import VolumeAssembler, read_nifti_header_of_file
 from medseg.serving.config import ServerConfig
 from medseg.serving.errors import FieldError
 from medseg.serving.paths import DataRoot
+from medseg.summary import summarize_labels
 from medseg.serving.work import WorkQueue
 from medseg.volume.v1 import volume_pb2 as pb
 from medseg.volumes import Volume, read_volume, write_volume
@@ -42,34 +42,11 @@ def read_checked(path: Path, max_bytes: int, field: str) -> Volume:
 
 
 def summarize(volume: Volume) -> list[pb.LabelSummary]:
-    """Per-label voxel count, volume and bounding box of a mask (one pass per label box)."""
-    from scipy import ndimage
-
-    array = volume.array
-    names = volume.labels or {}
-    values = np.unique(array)
-    values = values[values != 0]
-    if values.size == 0:
-        return []
-    if array.dtype.kind not in "ui":
-        raise ValueError(f"a mask must have an integer voxel type, got {array.dtype}")
-    boxes = ndimage.find_objects(array)
-    counts = np.bincount(array.ravel(), minlength=int(values.max()) + 1)
-    matrix = volume.index_to_physical_matrix()
-    summaries = []
-    for value in values.tolist():
-        box = boxes[value - 1]
-        lo = [box[2].start, box[1].start, box[0].start]
-        hi = [box[2].stop - 1, box[1].stop - 1, box[0].stop - 1]
-        corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
-                            for z in (lo[2], hi[2])]) @ matrix.T
-        summaries.append(pb.LabelSummary(
-            value=value, name=names.get(value, ""), voxel_count=int(counts[value]),
-            volume_ml=float(counts[value]) * volume.voxel_volume_mm3 / 1000.0,
-            bbox=pb.BoundingBox(min_index=lo, max_index=hi,
-                                min_mm=corners[:, :3].min(axis=0).tolist(),
-                                max_mm=corners[:, :3].max(axis=0).tolist())))
-    return summaries
+    """Per-label voxel count, volume and bounding box of a mask, as carried by results."""
+    return [pb.LabelSummary(value=s.value, name=s.name, voxel_count=s.voxel_count, volume_ml=s.volume_ml,
+                            bbox=pb.BoundingBox(min_index=s.min_index, max_index=s.max_index,
+                                                min_mm=s.min_mm, max_mm=s.max_mm))
+            for s in summarize_labels(volume, require_names=False)]
 
 
 class StreamingCall:
