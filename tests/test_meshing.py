@@ -493,3 +493,28 @@ def test_small_tumor_keeps_its_volume():
         assert smoothed.volume_ml * 1000 == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.05)
         distance = np.abs(np.linalg.norm(surface_samples(smoothed) - ORIGIN_SHIFT, axis=1) - radius)
         assert np.percentile(distance, 95) <= 0.5 * MAX_SPACING
+
+
+# --------------------------------------------------------------------------- phantom
+
+
+def test_six_structure_phantom():
+    """All six structures of the synthetic CT phantom: closed, right volumes, right place."""
+    phantom = pytest.importorskip("medseg.phantom")
+    mask = phantom.make_phantom((192, 192, 120), seed=3).labels
+    voxel_ml = np.bincount(mask.array.reshape(-1), minlength=max(STRUCTURES) + 1) * mask.voxel_volume_mm3 / 1000
+    meshes = mesh_labels(mask)
+    assert [m.value for m in meshes] == sorted(STRUCTURES)
+    matrix = mask.index_to_physical_matrix()
+    for mesh in meshes:
+        assert_closed(mesh)
+        assert mesh.color == COLORS[mesh.value] and mesh.name == STRUCTURES[mesh.value]
+        # Marching-cubes surfaces cut voxel corners: thin tubes (the ureter is 1-2 voxels
+        # across here) enclose less than their voxel count.
+        tolerance = 0.15 if mesh.value == Label.URETER else 0.03
+        assert mesh.volume_ml == pytest.approx(voxel_ml[mesh.value], rel=tolerance), mesh.name
+        # Centroid of the surface's volume next to the centroid of the label's voxels.
+        zyx = np.argwhere(mask.array == mesh.value).mean(axis=0)
+        voxel_centroid = (matrix @ [*zyx[::-1], 1])[:3]
+        centroid = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).center_mass
+        assert np.linalg.norm(centroid - voxel_centroid) <= 0.5 * max(mask.spacing), mesh.name
