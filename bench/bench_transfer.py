@@ -78,7 +78,7 @@ def peak_rss_mib(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=128, help="volume size per call (MiB)")
-    parser.add_argument("--reps", type=int, default=3, help="calls per path")
+    parser.add_argument("--reps", type=int, default=5, help="calls per path")
     args = parser.parse_args()
 
     requests, nbytes = build_requests(args.mib)
