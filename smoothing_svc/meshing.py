@@ -288,7 +288,7 @@ def _smooth(polydata: vtkPolyData, factor: float) -> vtkPolyData:
     smoother.BoundarySmoothingOff()
     smoother.FeatureEdgeSmoothingOff()
     smoother.NonManifoldSmoothingOn()
-    smoother.NormalizeCoordinatesOn()  # makes the pass band independent of the mesh size
+    smoother.NormalizeCoordinatesOn()  # numerical stability on large coordinates (Slicer does the same)
     smoother.Update()
     return smoother.GetOutput()
 
@@ -320,7 +320,7 @@ def _polydata(vertices: np.ndarray, faces: np.ndarray) -> vtkPolyData:
 
 
 def _keep_volume(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, movable: np.ndarray,
-                 tolerance: float = 1e-3, rounds: int = 3) -> tuple[int, int]:
+                 tolerance: float = 2e-3, rounds: int = 2) -> tuple[int, int]:
     """Undo what smoothing took from each piece's volume, in place; faces wound outward.
 
     Windowed sinc passes low frequencies of the mesh graph, not of space: a large organ
@@ -332,7 +332,7 @@ def _keep_volume(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, movab
       an edge: it shrinks towards a point), the piece keeps its unsmoothed vertices;
     - otherwise, when its volume changed by more than ``tolerance``, its movable vertices
       are offset along their normals by (unsmoothed - smoothed volume) / movable area,
-      repeated ``rounds`` times. The smoothed shape stays; its size comes back.
+      repeated up to ``rounds`` times. The smoothed shape stays; its size comes back.
 
     ``movable`` pins vertices another label already owns (a shared interface).
     Returns (pieces restored unsmoothed, pieces offset).
@@ -347,8 +347,8 @@ def _keep_volume(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, movab
     centre = raw[faces[:, 0]].mean(axis=0)
 
     def piece_volumes(vertices):
-        v0, v1, v2 = (vertices[faces[:, i]] - centre for i in range(3))
-        per_face = np.einsum("ij,ij->i", v0, np.cross(v1, v2)) / 6.0
+        corners = vertices[faces] - centre  # one gather for all three corners
+        per_face = np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2])) / 6.0
         return np.bincount(face_piece, weights=per_face, minlength=count)
 
     before = piece_volumes(raw)
@@ -390,7 +390,8 @@ class _RawSurface:
 
     value: int
     vertices: np.ndarray
-    faces: np.ndarray
+    faces: np.ndarray  # wound outward
+    volume: float  # enclosed volume, voxel units
     notes: list[str]
 
 
@@ -443,9 +444,10 @@ def _raw_surface(mask: Volume, value: int, box: tuple[slice, ...], min_island_mm
     vertices, faces = _arrays(_contour(binary))
     # Flying edges winds all faces one way relative to the label; make that way outward
     # (positive volume) in IJK. The index -> mm transform below keeps it outward.
-    if signed_volume(vertices, faces) < 0:
+    volume = signed_volume(vertices, faces)
+    if volume < 0:
         faces = faces[:, ::-1].copy()
-    return _RawSurface(value, vertices + start_xyz, faces, notes)
+    return _RawSurface(value, vertices + start_xyz, faces, abs(volume), notes)
 
 
 def _smooth_arrays(vertices: np.ndarray, faces: np.ndarray, factor: float) -> np.ndarray:
@@ -483,13 +485,16 @@ def _smooth_group(raws: list[_RawSurface], factor: float) -> list[tuple[np.ndarr
         all_faces = np.concatenate([ids[i][r.faces] for i, r in enumerate(raws)])
         # An interface face appears once in each label (opposite winding): keep one copy,
         # or every interface edge would count as non-manifold.
-        _, first = np.unique(np.sort(all_faces, axis=1), axis=0, return_index=True)
+        ordered = np.sort(all_faces, axis=1)
+        if len(merged) < 2_000_000:  # one int64 per face: a 1D unique is far faster than axis=0
+            ordered = (ordered[:, 0] * len(merged) + ordered[:, 1]) * len(merged) + ordered[:, 2]
+        _, first = np.unique(ordered, axis=0 if ordered.ndim == 2 else None, return_index=True)
         smoothing_faces = all_faces[np.sort(first)]
     smoothed = _smooth_arrays(merged, smoothing_faces, factor)
 
     movable = np.ones(len(merged), bool)
     notes: list[list[str]] = [[] for _ in raws]
-    for i in sorted(range(len(raws)), key=lambda i: abs(signed_volume(raws[i].vertices, raws[i].faces))):
+    for i in sorted(range(len(raws)), key=lambda i: raws[i].volume):
         restored, offset = _keep_volume(smoothed, merged, ids[i][raws[i].faces], movable)
         if restored:
             notes[i].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
