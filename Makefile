@@ -8,7 +8,8 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIR := clients/python
 DESCRIPTOR := gateway_envoy/medseg.pb
 
-.PHONY: setup protos protos-check test test-fast demo up down status logs bench models lint clean
+
+.PHONY: setup protos protos-check test test-fast test-integration demo up down status logs bench models lint clean
 STACK := $(BIN)/python gateway_envoy/stack.py
 export PYTHONPATH := $(CURDIR)
 
@@ -49,6 +50,10 @@ test: setup
 test-fast:
 	$(BIN)/pytest -q -m "not integration and not slow"
 
+# The real stack through Envoy (free ports, temporary data root).
+test-integration:
+	$(BIN)/pytest -q -m integration tests/integration
+
 lint:
 	$(BIN)/hadolint --failure-threshold warning */Dockerfile
 
@@ -63,7 +68,7 @@ status:
 	$(STACK) status
 
 logs:
-	tail -n 50 run/logs/*.log
+	$(STACK) logs
 
 # Set up, start the stack, run a phantom case through the whole pipeline.
 demo: setup

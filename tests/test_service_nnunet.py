@@ -114,7 +114,7 @@ def test_bad_inputs_get_clear_statuses(client, case):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "overlap" in details
     flat = Volume(case.phases["portal"].array[:1], case.phases["portal"].spacing)
     code, details = code_of(lambda: client.segment_tumor(flat))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "2D" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a 3D image" in details
     requests = iter([nn.SegmentCaseRequest(params=nn.SegmentCaseParams(tasks=[99]))])
     code, details = code_of(lambda: list(client.nnunet.SegmentCase(requests, timeout=30)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "task" in details

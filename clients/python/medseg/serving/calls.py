@@ -126,7 +126,7 @@ class StreamingCall:
         field = field or f"{role}_path"
         volume = self.load(role, path, field)
         if volume.array.dtype.kind not in "ui":
-            raise FieldError(field, f"'{role}' must be a label mask with an integer voxel type, "
+            raise FieldError(field if path else f"inline volume '{role}'", f"'{role}' must be a label mask with an integer voxel type, "
                                     f"got {volume.array.dtype}")
         return volume
 
