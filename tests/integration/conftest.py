@@ -4,7 +4,7 @@ The stack is started through gateway_envoy/stack.py, the same code `make up` run
 temporary data root and run folder, and is always stopped at the end of the session.
 
 Which servers start: env MEDSEG_TEST_SERVICES (comma list, or "all"); default
-"postprocess,smoothing", because nnunet loads its models at start-up (slow on CPU).
+all three (nnunet loads its demo models at start-up: slower, but every operation is covered).
 Envoy routes all three either way; a service that is not started answers UNAVAILABLE.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from gateway_envoy.stack import SERVICES, Stack, temporary_stack
 
-DEFAULT_TEST_SERVICES = ("postprocess", "smoothing")
+DEFAULT_TEST_SERVICES = SERVICES
 TOOLS = ("envoy", "supervisord", "grpcurl")
 
 
