@@ -28,9 +28,29 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 OPERATIONS = ("connect_vessels", "connect_ureters")
 
 
-def _rss_mb() -> float:
-    """Peak resident set size of this process so far, MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux: write 5 to clear_refs), so the peak measured
+    is the operation's own, not left over from imports or the process that started us."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    """Peak resident set size, MB: VmHWM where available, else getrusage (KiB on Linux)."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_one(folder: Path, operation: str, whole_volume: bool) -> dict:
@@ -43,11 +63,12 @@ def run_one(folder: Path, operation: str, whole_volume: bool) -> dict:
 
     meta = json.loads((folder / "meta.json").read_text())
     cut = Volume(np.load(folder / "cut.npy"), tuple(meta["spacing"]), tuple(meta["origin"]), tuple(meta["direction"]))
-    before = _rss_mb()
+    _reset_peak()
+    before = _status_mb("VmRSS") or _peak_mb()
     start = time.perf_counter()
     out, report = getattr(repair, operation)(cut, whole_volume=whole_volume, backend="scipy")
     seconds = time.perf_counter() - start
-    peak = _rss_mb()
+    peak = _peak_mb()
     label = int(Label.ARTERY if operation == "connect_vessels" else Label.URETER)
     truth = np.load(folder / "truth.npy", mmap_mode="r")
     a, b = out.array == label, np.asarray(truth) == label
@@ -62,6 +83,8 @@ def run_one(folder: Path, operation: str, whole_volume: bool) -> dict:
         "dice": float(dice),
         "region_voxels": report.region_voxels,
         "changed": int(np.count_nonzero(out.array != cut.array)),
+        "sha256": out.sha256(),
+        "bridge_list": [[b.start_mm, b.end_mm, b.radius_start_mm, b.radius_end_mm] for b in report.bridges],
     }
 
 
@@ -74,6 +97,7 @@ def measure(folder: Path, operation: str, whole_volume: bool) -> dict:
 
 
 def prepare(folder: Path, size: tuple[int, int, int], seed: int) -> dict:
+    """Child process (keeps the parent small): make and cut the phantom, save the masks."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -93,7 +117,12 @@ def main() -> None:
     parser.add_argument("--size", default="512,512,300", help="phantom size x,y,z in voxels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prepare:
+        size = tuple(int(v) for v in args.size.split(","))
+        print(json.dumps(prepare(Path(args.prepare), size, args.seed)))
+        return
     if args.child:
         folder, operation, mode = args.child
         print(json.dumps(run_one(Path(folder), operation, mode == "whole")))
@@ -102,7 +131,11 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split(","))
     with tempfile.TemporaryDirectory(prefix="bench_repair_") as tmp:
         folder = Path(tmp)
-        info = prepare(folder, size, args.seed)
+        command = [sys.executable, __file__, "--prepare", str(folder), "--size", args.size, "--seed", str(args.seed)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"making the phantom failed:\n{done.stderr[-3000:]}")
+        info = json.loads(done.stdout.strip().splitlines()[-1])
         voxels = size[0] * size[1] * size[2]
         spacing = "x".join(f"{s:.3g}" for s in info["spacing"])
         print(f"phantom {size[0]}x{size[1]}x{size[2]} ({voxels / 1e6:.1f} M voxels, {spacing} mm), "
@@ -110,12 +143,13 @@ def main() -> None:
         for operation in OPERATIONS:
             crop = measure(folder, operation, whole_volume=False)
             whole = measure(folder, operation, whole_volume=True)
-            same = "same result" if crop["changed"] == whole["changed"] and crop["bridges"] == whole["bridges"] else "RESULTS DIFFER"
+            identical = crop["sha256"] == whole["sha256"] and crop["bridge_list"] == whole["bridge_list"]
+            same = "identical masks and bridges" if identical else "RESULTS DIFFER"
             print(f"{operation}: pieces {crop['pieces']}, {crop['bridges']} bridges {crop['lengths']} mm, "
                   f"Dice vs uncut {crop['dice']:.4f}; {same} on both paths")
             for name, r in (("cropped", crop), ("whole volume", whole)):
                 print(f"  {name:13s} {r['seconds']:8.2f} s   peak RSS {r['peak_mb']:7.0f} MB "
-                      f"(+{r['peak_mb'] - r['input_mb']:.0f} MB over the loaded input)   region {r['region_voxels'] / 1e6:.2f} M voxels")
+                      f"(+{r['peak_mb'] - r['input_mb']:.0f} MB over the input)   region {r['region_voxels'] / 1e6:.2f} M voxels")
             print(f"  ratio whole/cropped: time {whole['seconds'] / crop['seconds']:.1f}x, peak RSS "
                   f"{whole['peak_mb'] / crop['peak_mb']:.1f}x, RSS rise "
                   f"{(whole['peak_mb'] - whole['input_mb']) / max(crop['peak_mb'] - crop['input_mb'], 1.0):.1f}x")

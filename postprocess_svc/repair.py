@@ -160,7 +160,10 @@ def connect_label(
     iso = limits.skeleton_spacing_mm or float(np.clip(spacing_zyx.min(), 0.5, 1.0))
 
     report_stage(progress, cancelled, "resample", 0.1, f"isotropic {iso:g} mm grid")
-    iso_mask, iso_origin = _resample_isotropic(target, spacing_zyx, iso, np.array([sl.start for sl in slices]))
+    # Positions are kept in mm from the FULL volume's voxel 0 (z, y, x), so the cropped and
+    # whole-volume paths compute with the very same numbers.
+    start = np.array([sl.start for sl in slices], dtype=np.int64)
+    iso_mask, iso_first = _resample_isotropic(target, spacing_zyx, iso, start)
 
     report_stage(progress, cancelled, "skeleton", 0.2, f"skeletonising {int(iso_mask.sum())} voxels")
     skeleton = skeletonize(iso_mask)
@@ -171,7 +174,7 @@ def connect_label(
     del iso_mask
 
     report_stage(progress, cancelled, "graph", 0.5, f"skeleton graph on {graph.name}")
-    skel = SkeletonGraph.build(skeleton, iso, radius_map, graph, iso_origin)
+    skel = SkeletonGraph.build(skeleton, iso, radius_map, graph, iso_first)
     del skeleton, radius_map
     skel.prune_spurs()
     ends = skel.endpoints(limits.tangent_length_mm, iso_pieces)
@@ -183,13 +186,13 @@ def connect_label(
     report_stage(progress, cancelled, "candidates", 0.7, f"{len(ends)} endpoints")
     rejected: list[str] = []
     def where(point: np.ndarray) -> str:
-        return "(" + ", ".join(f"{v:.0f}" for v in _to_physical(mask, slices, point, spacing_zyx)) + ") mm"
+        return "(" + ", ".join(f"{v:.0f}" for v in _to_physical(mask, point, spacing_zyx)) + ") mm"
 
     # Which original-grid piece each skeleton node lies in (resampling can split a piece).
-    node_index = np.clip(np.rint(skel.position / spacing_zyx).astype(int), 0, np.array(region.shape) - 1)
+    node_index = np.clip(np.rint(skel.position / spacing_zyx).astype(int) - start, 0, np.array(region.shape) - 1)
     node_piece = region_pieces[tuple(node_index.T)]
     candidates = _candidate_joins(
-        skel, ends, node_volume, region, label, spacing_zyx, limits, rejected, where, region_pieces, node_piece
+        skel, ends, node_volume, region, start, label, spacing_zyx, limits, rejected, where, region_pieces, node_piece
     )
     del region_pieces
 
@@ -197,15 +200,15 @@ def connect_label(
     chosen = _choose_joins(candidates, skel.component, node_piece)
     bridges = []
     for cand in chosen:
-        added = _paint_tube(region, label, cand.start, cand.end, cand.radius_start, cand.radius_end, spacing_zyx)
+        added = _paint_tube(region, start, label, cand.start, cand.end, cand.radius_start, cand.radius_end, spacing_zyx)
         bridges.append(
             Bridge(
                 label=label,
                 length_mm=round(cand.gap_mm, 2),
                 radius_start_mm=round(cand.radius_start, 2),
                 radius_end_mm=round(cand.radius_end, 2),
-                start_mm=_to_physical(mask, slices, cand.start, spacing_zyx),
-                end_mm=_to_physical(mask, slices, cand.end, spacing_zyx),
+                start_mm=_to_physical(mask, cand.start, spacing_zyx),
+                end_mm=_to_physical(mask, cand.end, spacing_zyx),
                 voxels_added=added,
                 kind=cand.kind,
                 angle_deg=round(cand.angle_deg, 1),
@@ -266,13 +269,13 @@ def _resample_isotropic(
 
     The isotropic grid is anchored to the FULL volume (its nodes sit at multiples of iso mm
     from voxel 0), not to the crop, so the cropped and whole-volume paths sample the same
-    points and find the same skeleton. Returns the mask and the crop-local mm (z, y, x) of
-    its voxel 0."""
+    points and find the same skeleton. Returns the mask and the global isotropic index (z, y, x)
+    of its voxel 0."""
     offset_mm = start_zyx * spacing_zyx  # crop start, mm from the volume's voxel 0
-    phase = np.ceil(offset_mm / iso - 1e-6) * iso - offset_mm
-    phase = np.maximum(phase, 0.0)
+    first = np.ceil(offset_mm / iso - 1e-6).astype(np.int64)  # global isotropic index of voxel 0
+    phase = np.maximum(first * iso - offset_mm, 0.0)
     if np.allclose(spacing_zyx, iso) and np.allclose(phase, 0.0):
-        return target.copy(), phase
+        return target.copy(), first
     extent = (np.array(target.shape) - 1) * spacing_zyx - phase
     shape = tuple(int(math.floor(e / iso + 1e-6)) + 1 for e in extent)
     resampled = ndimage.affine_transform(
@@ -285,12 +288,12 @@ def _resample_isotropic(
         cval=0.0,
         output=np.float32,
     )
-    return resampled >= 0.5, phase
+    return resampled >= 0.5, first
 
 
-def _to_physical(mask: Volume, slices, point_mm_zyx: np.ndarray, spacing_zyx: np.ndarray) -> tuple[float, float, float]:
-    """Crop-local (z, y, x) mm -> LPS physical mm of the full volume."""
-    index_zyx = point_mm_zyx / spacing_zyx + np.array([s.start for s in slices])
+def _to_physical(mask: Volume, point_mm_zyx: np.ndarray, spacing_zyx: np.ndarray) -> tuple[float, float, float]:
+    """(z, y, x) mm from the volume's voxel 0 -> LPS physical mm."""
+    index_zyx = point_mm_zyx / spacing_zyx
     physical = mask.index_to_physical_matrix() @ np.array([*index_zyx[::-1], 1.0])
     return tuple(round(float(v), 2) for v in physical[:3])  # type: ignore[return-value]
 
@@ -331,7 +334,7 @@ _HALF_OFFSETS = np.array(
 @dataclass
 class End:
     node: int
-    position: np.ndarray  # crop-local mm (z, y, x)
+    position: np.ndarray  # mm (z, y, x) from the volume's voxel 0
     tangent: np.ndarray  # unit vector pointing out of the piece
     radius: float  # mm
 
@@ -339,11 +342,11 @@ class End:
 class SkeletonGraph:
     """Skeleton voxels as graph nodes, 26-neighbour adjacency as edges."""
 
-    def __init__(self, coords, iso, radius, edges, graph: GraphBackend, origin=(0.0, 0.0, 0.0)):
-        self.coords = coords  # (N, 3) iso-grid indices (z, y, x)
+    def __init__(self, coords, iso, radius, edges, graph: GraphBackend, first=(0, 0, 0)):
+        self.coords = coords  # (N, 3) indices (z, y, x) in the isotropic array
         self.iso = iso
-        self.origin = np.asarray(origin, dtype=float)  # crop-local mm of iso voxel 0
-        self.position = coords * iso + self.origin  # crop-local mm
+        self.first = np.asarray(first, dtype=np.int64)  # global isotropic index of array voxel 0
+        self.position = (coords + self.first) * iso  # mm (z, y, x) from the volume's voxel 0
         self.radius = radius  # (N,) mm, distance map at the node less half a voxel
         self.edges = edges
         self.graph = graph
@@ -362,7 +365,7 @@ class SkeletonGraph:
 
     @classmethod
     def build(
-        cls, skeleton: np.ndarray, iso: float, radius_map: np.ndarray, graph: GraphBackend, origin=(0.0, 0.0, 0.0)
+        cls, skeleton: np.ndarray, iso: float, radius_map: np.ndarray, graph: GraphBackend, first=(0, 0, 0)
     ) -> "SkeletonGraph":
         coords = np.argwhere(skeleton)
         shape = np.array(skeleton.shape)
@@ -381,7 +384,7 @@ class SkeletonGraph:
         # The distance map at a skeleton voxel (to the nearest background voxel centre) is an
         # unbiased radius on digitised tubes of r = 2-4 mm (measured), so no correction.
         radius = np.maximum(radius_map[tuple(coords.T)], 0.5 * iso)
-        return cls(coords, iso, radius.astype(float), edges.astype(np.int64), graph, origin)
+        return cls(coords, iso, radius.astype(float), edges.astype(np.int64), graph, first)
 
     def neighbours(self, node: int) -> np.ndarray:
         row = self.adj.indices[self.adj.indptr[node] : self.adj.indptr[node + 1]]
@@ -453,7 +456,7 @@ class SkeletonGraph:
         lo = np.maximum(centre - half, 0)
         hi = np.minimum(centre + half + 1, pieces.shape)
         box = pieces[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        points = (np.argwhere(box == pieces[tuple(centre)]) + lo) * self.iso + self.origin
+        points = (np.argwhere(box == pieces[tuple(centre)]) + lo + self.first) * self.iso
         ball = points[np.linalg.norm(points - self.position[tip], axis=1) <= reach]
         if len(ball) < 8:
             return None
@@ -528,13 +531,15 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
 
 
-def _line_profile(region: np.ndarray, label: int, p0: np.ndarray, p1: np.ndarray, spacing_zyx: np.ndarray):
+def _line_profile(
+    region: np.ndarray, start: np.ndarray, label: int, p0: np.ndarray, p1: np.ndarray, spacing_zyx: np.ndarray
+):
     """Background length along the segment (mm) and the other labels it passes through."""
     length = float(np.linalg.norm(p1 - p0))
     step = 0.25 * float(spacing_zyx.min())
     n = max(2, int(math.ceil(length / step)) + 1)
     t = np.linspace(0.0, 1.0, n)
-    index = np.rint((p0 + t[:, None] * (p1 - p0)) / spacing_zyx).astype(np.int64)
+    index = np.rint((p0 + t[:, None] * (p1 - p0)) / spacing_zyx).astype(np.int64) - start
     index = np.clip(index, 0, np.array(region.shape) - 1)
     values = region[tuple(index.T)]
     background = float(np.count_nonzero(values == 0)) / n * length
@@ -558,6 +563,7 @@ def _candidate_joins(
     ends: list[End],
     node_volume: np.ndarray,
     region: np.ndarray,
+    start: np.ndarray,
     label: int,
     spacing_zyx: np.ndarray,
     limits: RepairLimits,
@@ -599,7 +605,7 @@ def _candidate_joins(
         if ratio < limits.min_radius_ratio:
             refuse(f"{what}: radius {a.radius:.1f} vs {b.radius:.1f} mm")
             continue
-        gap, others = _line_profile(region, label, a.position, b.position, spacing_zyx)
+        gap, others = _line_profile(region, start, label, a.position, b.position, spacing_zyx)
         if gap > limits.max_gap_mm:
             refuse(f"{what}: gap {gap:.1f} mm > {limits.max_gap_mm:g}")
             continue
@@ -633,7 +639,7 @@ def _candidate_joins(
     for a in ends:
         reach = limits.max_gap_mm + 2 * a.radius + 2 * skel.iso
         t = np.arange(0.0, reach, step)
-        index = np.rint((a.position + t[:, None] * a.tangent) / spacing_zyx).astype(np.int64)
+        index = np.rint((a.position + t[:, None] * a.tangent) / spacing_zyx).astype(np.int64) - start
         inside = np.all((index >= 0) & (index < np.array(region.shape)), axis=1)
         index = index[inside]
         if len(index) == 0:
@@ -732,18 +738,25 @@ def _choose_joins(candidates: list[_Candidate], component: np.ndarray, node_piec
 
 
 def _paint_tube(
-    region: np.ndarray, label: int, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float, spacing_zyx: np.ndarray
+    region: np.ndarray,
+    start: np.ndarray,
+    label: int,
+    p0: np.ndarray,
+    p1: np.ndarray,
+    r0: float,
+    r1: float,
+    spacing_zyx: np.ndarray,
 ) -> int:
-    """Paint the tube {x : |x - s(t)| <= r0 + t (r1 - r0)} around segment p0-p1 (crop-local
-    mm), into background voxels only. Returns the voxels added."""
+    """Paint the tube {x : |x - s(t)| <= r0 + t (r1 - r0)} around segment p0-p1 (mm from
+    the volume's voxel 0), into background voxels only. Returns the voxels added."""
     r_max = max(r0, r1)
-    lo = np.floor((np.minimum(p0, p1) - r_max) / spacing_zyx).astype(int)
-    hi = np.ceil((np.maximum(p0, p1) + r_max) / spacing_zyx).astype(int) + 1
+    lo = np.floor((np.minimum(p0, p1) - r_max) / spacing_zyx).astype(int) - start
+    hi = np.ceil((np.maximum(p0, p1) + r_max) / spacing_zyx).astype(int) + 1 - start
     lo = np.maximum(lo, 0)
     hi = np.minimum(hi, region.shape)
     if np.any(hi <= lo):
         return 0
-    grids = np.meshgrid(*[np.arange(a, b) * s for a, b, s in zip(lo, hi, spacing_zyx)], indexing="ij")
+    grids = np.meshgrid(*[(np.arange(a, b) + o) * s for a, b, o, s in zip(lo, hi, start, spacing_zyx)], indexing="ij")
     points = np.stack(grids, axis=-1)
     direction = p1 - p0
     length_sq = float(direction @ direction)
