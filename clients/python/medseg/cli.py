@@ -15,6 +15,7 @@ from google.protobuf import json_format
 
 from medseg import stack
 from medseg.client import Client, Ref
+from medseg.nnunet.v1 import nnunet_pb2 as nn
 from medseg.smoothing.v1 import smoothing_pb2 as sm
 from medseg.volumes import write_volume
 
@@ -109,7 +110,8 @@ def cmd_models(client: Client, args) -> int:
     print(f"device: {reply.device}  queue: {reply.queue_depth}/{reply.queue_capacity}")
     for model in reply.models:
         labels = ", ".join(f"{e.value}={e.name}" for e in model.labels if e.value)
-        print(f"  {model.task:<6} ready={model.ready} phases={list(model.phases)} "
+        task = nn.Task.Name(model.task).removeprefix("TASK_").lower()
+        print(f"  {task:<8} ready={model.ready} phases={list(model.phases)} "
               f"crop={model.kidney_crop} labels: {labels[:100]}")
     return 0
 
