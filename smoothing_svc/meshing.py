@@ -130,6 +130,11 @@ def _allowed() -> str:
     return ", ".join(f"{v}={n}" for v, n in sorted(STRUCTURES.items()))
 
 
+def _unexpected_values(values) -> ValueError:
+    listed = [int(v) for v in values][:20]
+    return ValueError(f"mask has values outside the label convention: {listed}; allowed: 0=background, {_allowed()}")
+
+
 def _integer_mask(array: np.ndarray) -> np.ndarray:
     """The mask as an integer array usable by find_objects, without copying integer masks."""
     if array.ndim != 3:
@@ -153,22 +158,16 @@ def label_boxes(array: np.ndarray) -> dict[int, tuple[slice, slice, slice]]:
     mask = _integer_mask(array)
     lowest = int(mask.min()) if mask.size else 0
     if lowest < 0:
-        negatives = np.unique(mask[mask < 0])
-        raise ValueError(
-            f"mask has values outside the label convention: {negatives[:20].tolist()}; allowed: 0=background, {_allowed()}"
-        )
+        raise _unexpected_values(np.unique(mask[mask < 0]))
     highest = int(mask.max()) if mask.size else 0
     if highest == 0:
         return {}
     if highest > 65535:  # find_objects would allocate one entry per value up to the maximum
-        big = np.unique(mask[mask > max(STRUCTURES)])
-        raise ValueError(f"mask has values outside the label convention: {big[:20].tolist()}; allowed: 0=background, {_allowed()}")
+        raise _unexpected_values(np.unique(mask[mask > max(STRUCTURES)]))
     boxes = {value: box for value, box in enumerate(ndimage.find_objects(mask), start=1) if box is not None}
     unexpected = sorted(set(boxes) - set(STRUCTURES))
     if unexpected:
-        raise ValueError(
-            f"mask has values outside the label convention: {unexpected[:20]}; allowed: 0=background, {_allowed()}"
-        )
+        raise _unexpected_values(unexpected)
     return boxes
 
 
@@ -216,10 +215,9 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
     face_normals = np.cross(v1 - v0, v2 - v0)  # length = 2 x area: area weighting for free
     corners = faces.reshape(-1)
-    normals = np.stack(
-        [np.bincount(corners, weights=np.repeat(face_normals[:, axis], 3), minlength=len(vertices)) for axis in range(3)],
-        axis=1,
-    )  # bincount: the scatter-add, far faster than np.add.at
+    # bincount is the scatter-add, far faster than np.add.at
+    normals = np.stack([np.bincount(corners, weights=np.repeat(face_normals[:, axis], 3), minlength=len(vertices))
+                        for axis in range(3)], axis=1)
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     return normals / np.where(length > 0, length, 1.0)
 
@@ -341,7 +339,8 @@ def _keep_volume(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, movab
     from scipy.sparse.csgraph import connected_components
 
     n = len(smoothed)
-    edges = coo_matrix((np.ones(2 * len(faces)), (faces[:, [0, 1]].reshape(-1), faces[:, [1, 2]].reshape(-1))), shape=(n, n))
+    edges = coo_matrix((np.ones(2 * len(faces)), (faces[:, [0, 1]].reshape(-1), faces[:, [1, 2]].reshape(-1))),
+                       shape=(n, n))
     count, piece = connected_components(edges, directed=False)
     face_piece = piece[faces[:, 0]]
     centre = raw[faces[:, 0]].mean(axis=0)
@@ -658,7 +657,8 @@ def _write_obj(meshes: list[LabelMesh], skipped: list[LabelMesh], path: Path) ->
             out.write("# medseg smoothing_svc: one material per structure, colour from the label convention\n")
             for mesh in meshes:
                 r, g, b = _rgb(mesh.color)
-                out.write(f"\nnewmtl {mesh.name}\nKa 0 0 0\nKd {r:.4f} {g:.4f} {b:.4f}\nKs 0.1 0.1 0.1\nNs 20\nd 1\nillum 2\n")
+                out.write(f"\nnewmtl {mesh.name}\nKa 0 0 0\nKd {r:.4f} {g:.4f} {b:.4f}\n"
+                          "Ks 0.1 0.1 0.1\nNs 20\nd 1\nillum 2\n")
 
     def write_obj(tmp: Path) -> None:
         with open(tmp, "w") as out:
