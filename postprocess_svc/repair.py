@@ -185,6 +185,7 @@ def connect_label(
 
     report_stage(progress, cancelled, "candidates", 0.7, f"{len(ends)} endpoints")
     rejected: list[str] = []
+
     def where(point: np.ndarray) -> str:
         return "(" + ", ".join(f"{v:.0f}" for v in _to_physical(mask, point, spacing_zyx)) + ") mm"
 
@@ -222,7 +223,7 @@ def connect_label(
     note = _note(label, pieces_before, pieces, bridges, rejected)
     report = RepairReport(
         label=label,
-        pieces_before=pieces_before,
+        pieces_before=int(pieces_before),
         pieces_after=len(pieces),
         bridges=bridges,
         rejected=rejected[:_MAX_REJECTED_LISTED],
@@ -252,10 +253,20 @@ def _check_inputs(mask: Volume, label: int) -> int:
         raise ValueError(f"mask must be a 3D label volume, got {mask.array.ndim}D")
     if mask.array.dtype == bool:
         raise ValueError("mask must hold convention label values, not a boolean mask")
-    present = require_convention(mask.array, "mask", NAMES)
+    present = _convention_values(mask.array)
     if label not in present:
         raise ValueError(f"mask has no {NAMES[label]} (label {label}) voxels")
     return label
+
+
+def _convention_values(array: np.ndarray, slab_voxels: int = 1 << 22) -> set[int]:
+    """Values present, checked against the convention slab by slab: a bincount over the
+    whole mask would make an int64 copy of it (8 bytes a voxel, 630 MB at 512x512x300)."""
+    step = max(1, slab_voxels // max(1, array.shape[1] * array.shape[2]))
+    present: set[int] = set()
+    for z in range(0, array.shape[0], step):
+        present.update(int(v) for v in require_convention(array[z : z + step], "mask", NAMES))
+    return present
 
 
 # ----------------------------------------------------------------------------------------
@@ -347,7 +358,7 @@ class SkeletonGraph:
         self.iso = iso
         self.first = np.asarray(first, dtype=np.int64)  # global isotropic index of array voxel 0
         self.position = (coords + self.first) * iso  # mm (z, y, x) from the volume's voxel 0
-        self.radius = radius  # (N,) mm, distance map at the node less half a voxel
+        self.radius = radius  # (N,) mm, distance map at the node
         self.edges = edges
         self.graph = graph
         n = len(coords)

@@ -13,7 +13,7 @@ from medseg.labels import Label
 from medseg.volumes import Volume
 from postprocess_svc.regions import OperationCancelled
 from postprocess_svc.repair import RepairLimits, connect_label, connect_ureters, connect_vessels
-from tests.repair_cases import arc, arc_length, cut_phantom, dice, paint_tube, pieces, segment, tube_case
+from tests.repair_cases import arc, cut_phantom, dice, paint_tube, pieces, segment, tube_case
 
 ARTERY, VEIN, URETER, KIDNEY = int(Label.ARTERY), int(Label.VEIN), int(Label.URETER), int(Label.KIDNEY)
 RADIUS = 3.0
