@@ -54,7 +54,14 @@ test-fast:
 test-integration:
 	$(BIN)/pytest -q -m integration tests/integration
 
-lint:
+BUF := .tools/node_modules/.bin/buf
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
+
+# Contract style (buf: STANDARD + comments) and Dockerfiles (hadolint).
+lint: $(BUF)
+	$(BUF) lint
 	$(BIN)/hadolint --failure-threshold warning */Dockerfile
 
 # Start Envoy + the three servers under supervisord; wait until all are healthy.
