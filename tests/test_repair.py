@@ -238,3 +238,23 @@ def test_phantom_artery_and_ureters_cut_in_several_places_come_back_whole(phanto
     assert np.count_nonzero(changed & (truth != label)) <= 0.1 * removed.sum()
     for bridge in report.bridges:
         assert 1.0 <= bridge.length_mm <= 10.0
+
+
+def test_branch_cut_at_its_origin_joins_the_side_of_the_trunk():
+    # A trunk (r = 6 mm) with a side branch (r = 3 mm); the branch is cut away from the trunk
+    # wall out to 4 mm, so its free end faces the trunk's side, not another end.
+    volume = Volume(np.zeros((70, 50, 70), np.uint8))
+    trunk = paint_tube(volume, segment((20, 25, 2), (20, 25, 68)), 6.0, ARTERY)
+    branch = paint_tube(Volume(np.zeros_like(volume.array)), segment((20, 25, 35), (66, 25, 35)), 3.0, ARTERY)
+    truth = trunk | branch
+    cut = np.where(trunk, ARTERY, 0).astype(np.uint8)
+    x = np.arange(70)[None, None, :]
+    cut[branch & ~trunk & (x >= 30)] = ARTERY  # the trunk wall is at x = 26: a 4 mm gap
+    out, report = connect_label(Volume(cut), ARTERY)
+    assert report.pieces_before == 2 and report.pieces_after == 1
+    (bridge,) = report.bridges
+    assert bridge.kind == "end-side" and bridge.length_mm == pytest.approx(4.0, abs=1.5)
+    assert bridge.radius_start_mm == pytest.approx(3.0, rel=0.2)
+    removed = branch & ~trunk & (x < 30)
+    assert (out.array == ARTERY)[removed].mean() >= 0.8
+    assert dice(out.array == ARTERY, truth) >= 0.95
