@@ -54,9 +54,8 @@ from medseg.volumes import Volume
 
 Progress = Callable[[str, float, str], None]
 
-# Background voxels around each cropped label: one closes surfaces at the volume border,
-# the second keeps the smoothing filter's support free of the crop edge.
-PAD = 2
+# Background voxels around each cropped label: closes surfaces that touch the volume border.
+PAD = 1
 
 # Slicer-style smoothing factor per structure: organs 0.5 (Slicer's default); thin tubes
 # gentler, because a low pass band flattens a 2-4 mm radius vessel or ureter.

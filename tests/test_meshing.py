@@ -588,3 +588,21 @@ def test_kidney_tumor_fat_junction_has_no_gap_or_overlap():
               f"(p99 {np.percentile(gap, 99):.3f}), overlap max {overlap:.3f} voxel")
         assert gap.max() <= 0.5
         assert overlap <= 0.5
+
+
+def test_each_label_is_contoured_inside_its_own_box(monkeypatch):
+    """Memory follows the structure: the contour sees a crop of the label's bounding box
+    plus the padding, never the whole volume."""
+    import smoothing_svc.meshing as meshing
+
+    array = np.zeros((60, 200, 200), np.uint8)
+    array[10:20, 30:50, 40:45] = Label.ARTERY
+    array[40:44, 150:190, 100:180] = Label.FAT
+    seen = []
+    original = meshing._contour
+    monkeypatch.setattr(meshing, "_contour", lambda binary: seen.append(binary.shape) or original(binary))
+    meshes = mesh_labels(Volume(array, tuple(SPACING)))
+    pad = 2 * meshing.PAD
+    assert sorted(seen) == sorted([(10 + pad, 20 + pad, 5 + pad), (4 + pad, 40 + pad, 80 + pad)])
+    for mesh in meshes:
+        assert_closed(mesh)
