@@ -109,15 +109,34 @@ def align_to_reference(reference: Volume, moving: Volume) -> Volume:
 
 def kidney_voxels(mask: Volume, kidney_labels: Iterable[int] | None = None) -> np.ndarray:
     """Boolean kidney mask: the given label values, else every label whose name contains 'kidney'
-    (convention 'kidney', TotalSegmentator 'kidney_left'/'kidney_right')."""
+    (convention 'kidney', TotalSegmentator 'kidney_left'/'kidney_right', which include renal
+    tumors) or is the convention's renal 'tumor' (it may bulge out of the kidney)."""
     if kidney_labels is None:
         if not mask.labels:
             raise ValueError("kidney hint has no label table; cannot tell which labels are kidney")
-        kidney_labels = [v for v, n in mask.labels.items() if v != 0 and "kidney" in n.lower()
-                         and "cyst" not in n.lower()]
+        kidney_labels = [v for v, n in mask.labels.items() if v != 0 and
+                         (("kidney" in n.lower() and "cyst" not in n.lower()) or n.lower() == "tumor")]
         if not kidney_labels:
             raise ValueError(f"kidney hint's label table {mask.labels} names no kidney label")
     return np.isin(mask.array, np.asarray(list(kidney_labels)))
+
+
+def keep_kidney_components(kidneys: np.ndarray, voxel_mm3: float, max_kidneys: int = 2,
+                           min_fraction: float = 0.2) -> np.ndarray:
+    """The (at most two) large connected kidney blobs of a coarse locator mask.
+
+    A cheap low-resolution model leaves specks elsewhere; one speck would stretch the bounding box
+    over the whole image. Blobs smaller than `min_fraction` of the largest are dropped.
+    """
+    from scipy import ndimage
+
+    components, n = ndimage.label(kidneys)
+    if n <= 1:
+        return kidneys
+    sizes = np.bincount(components.ravel())[1:]
+    order = np.argsort(sizes)[::-1][:max_kidneys]
+    keep = [i + 1 for i in order if sizes[i] >= min_fraction * sizes[order[0]]]
+    return np.isin(components, keep)
 
 
 def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterable[int] | None = None,
@@ -254,6 +273,14 @@ class TaskPredictor:
             loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False)
             self.locator = _Part(spec.locator, loc, None)
 
+    def describe(self) -> dict:
+        """What ListModels reports for this task."""
+        return {
+            "task": self.spec.name, "phases": list(self.spec.phases), "labels": dict(self.spec.labels),
+            "device": str(self.device), "ready": self.ready, "kidney_crop": self.spec.kidney_crop,
+            "models": [str(m.folder) for m in self.spec.models], "folds": [list(m.folds) for m in self.spec.models],
+        }
+
     def warm_up(self) -> None:
         """One prediction per network: moves weights to the device, builds caches (gaussian, cudnn)."""
         for part in self.parts + ([self.locator] if self.locator else []):
@@ -286,8 +313,9 @@ class TaskPredictor:
         if self.locator is None:
             return None
         seg = self.locator.segment([reference])
-        mask = reference.with_array(seg.astype(np.uint8, copy=False))
-        return kidney_region(reference, mask, self.spec.locator_kidney_labels, margin)
+        kidneys = keep_kidney_components(np.isin(seg, self.spec.locator_kidney_labels), reference.voxel_volume_mm3)
+        mask = reference.with_array(kidneys.astype(np.uint8), labels={0: "background", 1: "kidney"})
+        return kidney_region(reference, mask, [1], margin)
 
     def predict(self, phases: dict[str, Volume], *, kidney_crop: bool = True, kidney_hint: Volume | None = None,
                 progress: Progress | None = None, cancelled: Cancelled | None = None) -> Volume:
@@ -329,6 +357,37 @@ class TaskPredictor:
         if progress is not None:
             progress("done", 1.0, region)
         return mask
+
+
+# Tasks whose masks contain kidneys run first so later kidney-crop tasks can reuse them.
+CASE_ORDER = ("total", "tumor", "ureter", "vessels")
+
+
+def segment_case(predictors: dict[str, TaskPredictor], phases: dict[str, Volume], tasks: Iterable[str], *,
+                 kidney_crop: bool = True, progress: Progress | None = None,
+                 cancelled: Cancelled | None = None) -> dict[str, Volume]:
+    """Several tasks on one case: each phase Volume (read once by the caller) is shared by every
+    task that needs it, and the first kidney mask produced (e.g. `total`'s) is the kidney hint for
+    the kidney-crop tasks after it. Unknown task -> ValueError."""
+    tasks = list(dict.fromkeys(tasks))
+    unknown = [t for t in tasks if t not in predictors]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known tasks: {sorted(predictors)}")
+    ordered = sorted(tasks, key=lambda t: CASE_ORDER.index(t) if t in CASE_ORDER else len(CASE_ORDER))
+    results: dict[str, Volume] = {}
+    hint: Volume | None = None
+    for i, name in enumerate(ordered):
+        p = predictors[name]
+
+        def sub_progress(stage: str, fraction: float, message: str, i=i, name=name) -> None:
+            if progress is not None:
+                progress(f"{name}:{stage}", (i + fraction) / len(ordered), message)
+
+        results[name] = p.predict({ph: phases[ph] for ph in p.spec.phases if ph in phases}, kidney_crop=kidney_crop,
+                                  kidney_hint=hint, progress=sub_progress, cancelled=cancelled)
+        if hint is None and any("kidney" in n for v, n in results[name].labels.items() if v):
+            hint = results[name]
+    return {t: results[t] for t in tasks}
 
 
 def build_predictors(registry: dict[str, TaskSpec], device: torch.device | None = None, warm_up: bool = True,

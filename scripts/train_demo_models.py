@@ -6,19 +6,20 @@ For every demo task this script
    (imagesTr/case_XXX_0000.nii.gz, labelsTr, dataset.json with channel_names and labels),
 2. plans and preprocesses it with nnU-Net's own `nnUNetv2_plan_and_preprocess` (3d_fullres), then
    shrinks the planned network (fewer features, small patch) so it trains in minutes on a CPU,
-3. trains it with nnU-Net's own trainer (`DemoTrainer`, an `nnUNetTrainer` subclass that only
-   shortens the schedule) on fold 0,
+3. trains it with nnU-Net's own trainer (`DemoTrainer`: nnU-Net's `nnUNetTrainerAdam` variant
+   with a short schedule, lr 3e-3 and more foreground patches) on fold 0,
 4. copies dataset.json, plans.json and fold_0/checkpoint_final.pth into
-   `models/demo/DatasetNNN_<Task>/nnUNetTrainer__nnUNetPlans__3d_fullres/`, stripped to what
+   `models/demo/DatasetNNN_<Task>/<StockTrainer>__nnUNetPlans__3d_fullres/`, stripped to what
    inference reads (network weights, init args, trainer name, mirroring axes; no optimizer state),
 5. evaluates Dice on held-out phantom seeds through the service's own TaskPredictor.
 
-Why the checkpoint records `trainer_name: nnUNetTrainer`: nnU-Net's predictor rebuilds the network
-by looking the trainer class up by name inside the installed nnunetv2 package. DemoTrainer only
-changes the schedule (epochs, iterations), never the architecture, so the stock nnUNetTrainer
-builds the identical network, and the committed folders load in any stock nnunetv2 install
-(nnUNetv2_predict_from_modelfolder included). The real trainer and schedule are kept in
-`demo_training.json` next to plans.json.
+Why the checkpoint records a stock trainer name (`nnUNetTrainer`, or `nnUNetTrainerNoMirroring`
+for the whole-body parts with left/right classes, as TotalSegmentator's): nnU-Net's predictor
+rebuilds the network by looking the trainer class up by name inside the installed nnunetv2
+package. DemoTrainer only changes the optimiser, schedule and foreground sampling, never the
+architecture, so the stock trainer builds the identical network and the committed folders load in
+any stock nnunetv2 install (nnUNetv2_predict_from_modelfolder included). The real trainer and
+schedule are kept in `demo_training.json` next to plans.json.
 
 Usage: .venv/bin/python scripts/train_demo_models.py [--tasks vessels,tumor] [--cases 24] ...
 """
@@ -50,14 +51,23 @@ TOTAL_PART1 = ("spleen", "kidney_right", "kidney_left", "liver")
 # task -> dataset id, folder name, input phases (channel order), output structures of the convention
 TASKS = {
     # the whole-body parts have no Dice target and train on a shorter schedule
-    "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=10),
-    "total_part2": dict(id=902, name="TotalPart2", spacing=4.0, epochs=12),
-    "vessels": dict(id=903, name="Vessels", spacing=2.5, phases=["arterial", "portal"],
+    # left/right classes: no mirroring augmentation (as TotalSegmentator's NoMirroring trainers)
+    "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=8, mirror=False),
+    "total_part2": dict(id=902, name="TotalPart2", spacing=4.0, epochs=8, mirror=False),
+    "vessels": dict(id=903, name="Vessels", spacing=3.0, phases=["arterial", "portal"],
                     structures=["kidney", "artery", "vein"]),
-    "ureter": dict(id=904, name="Ureter", spacing=2.5, phases=["delayed"], structures=["kidney", "ureter"]),
-    "tumor": dict(id=905, name="Tumor", spacing=2.5, phases=["portal"], structures=["kidney", "tumor"]),
+    "ureter": dict(id=904, name="Ureter", spacing=3.0, phases=["delayed"], structures=["kidney", "ureter"]),
+    "tumor": dict(id=905, name="Tumor", spacing=3.0, phases=["portal"], structures=["kidney", "tumor"]),
 }
-TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+
+
+def stock_trainer(task: str) -> str:
+    """The stock nnU-Net trainer that builds the same network and inference settings."""
+    return "nnUNetTrainer" if TASKS[task].get("mirror", True) else "nnUNetTrainerNoMirroring"
+
+
+def trainer_folder(task: str) -> str:
+    return f"{stock_trainer(task)}__nnUNetPlans__3d_fullres"
 
 
 def dataset_folder_name(task: str) -> str:
@@ -171,23 +181,35 @@ def shrink_plans(plans_file: Path, args) -> None:
 
 
 def task_epochs(task: str, args) -> int:
-    return args.epochs if args.epochs is not None else TASKS[task].get("epochs", 24)
+    return args.epochs if args.epochs is not None else TASKS[task].get("epochs", 12)
 
 
-def make_demo_trainer(epochs: int, iterations: int):
+def make_demo_trainer(epochs: int, iterations: int, mirror: bool):
     import torch
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
 
-    class DemoTrainer(nnUNetTrainer):
-        """nnUNetTrainer with a short schedule; architecture, loss and augmentation unchanged."""
+    class DemoTrainer(nnUNetTrainerAdam):
+        """nnU-Net's AdamW trainer variant with a short schedule; architecture, loss and augmentation
+        unchanged. SGD at nnU-Net's 1e-2 still predicts only background after a few hundred
+        iterations; AdamW at 3e-3 with more foreground patches gets there within the budget."""
 
         def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                      device: torch.device = torch.device("cpu")):
             super().__init__(plans, configuration, fold, dataset_json, device)
+            self.initial_lr = 3e-3
+            self.oversample_foreground_percent = 0.5
             self.num_epochs = epochs
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = 4
             self.save_every = 10 ** 6  # only checkpoint_final
+
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+            rotation, dummy_2d, initial_patch_size, mirror_axes = \
+                super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            if not mirror:  # exactly what nnUNetTrainerNoMirroring does
+                mirror_axes = None
+                self.inference_allowed_mirroring_axes = None
+            return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     return DemoTrainer
 
@@ -200,7 +222,7 @@ def train(task: str, env_paths: dict, args) -> Path:
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((pre / "dataset.json").read_text())
     plans["continue_training"] = False  # what run_training.py sets for a fresh run
-    trainer_cls = make_demo_trainer(task_epochs(task, args), args.iterations)
+    trainer_cls = make_demo_trainer(task_epochs(task, args), args.iterations, TASKS[task].get("mirror", True))
     trainer = trainer_cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dataset_json,
                           device=torch.device("cpu"))
     trainer.run_training()
@@ -218,7 +240,7 @@ def slim_export(task: str, fold_folder: Path, out_root: Path, args, seconds: flo
     import torch
 
     src_base = fold_folder.parent
-    dst = out_root / dataset_folder_name(task) / TRAINER_FOLDER
+    dst = out_root / dataset_folder_name(task) / trainer_folder(task)
     if dst.exists():
         shutil.rmtree(dst)
     (dst / "fold_0").mkdir(parents=True)
@@ -228,14 +250,15 @@ def slim_export(task: str, fold_folder: Path, out_root: Path, args, seconds: flo
     slim = {
         "network_weights": ckpt["network_weights"],
         "init_args": ckpt["init_args"],
-        "trainer_name": "nnUNetTrainer",  # same architecture; see module docstring
+        "trainer_name": stock_trainer(task),  # same architecture; see module docstring
         "inference_allowed_mirroring_axes": ckpt["inference_allowed_mirroring_axes"],
         "current_epoch": ckpt["current_epoch"],
     }
     torch.save(slim, dst / "fold_0" / "checkpoint_final.pth")
     log = ckpt.get("logging", {})
     record = {
-        "trained_with": "DemoTrainer (scripts/train_demo_models.py): nnUNetTrainer with a short schedule",
+        "trained_with": "DemoTrainer (scripts/train_demo_models.py): nnUNetTrainerAdam, lr 3e-3, "
+                        "foreground oversampling 0.5, short schedule",
         "epochs": task_epochs(task, args), "iterations_per_epoch": args.iterations, "training_cases": args.cases,
         "phantom": {"fov_mm": FOV_MM, "spacing_mm": TASKS[task]["spacing"], "seeds": f"0..{args.cases - 1}"},
         "network": {"stages": args.stages, "base_features": args.features, "patch": args.patch, "batch": args.batch},
@@ -285,12 +308,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
     ap.add_argument("--cases", type=int, default=20, help="training cases (phantom seeds 0..N-1)")
-    ap.add_argument("--eval-spacing", type=float, default=2.5, help="held-out phantom spacing (mm)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: 24, whole-body parts 10-12)")
+    ap.add_argument("--eval-spacing", type=float, default=3.0, help="held-out phantom spacing (mm)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: 12, whole-body parts 8)")
     ap.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--features", type=int, default=8, help="features of the first stage (doubling per stage)")
-    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=48)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/medseg_nnunet_work"))
     ap.add_argument("--out", type=Path, default=REPO / "models" / "demo")

@@ -15,16 +15,16 @@ import torch
 from medseg.labels import Label
 from medseg.phantom import make_phantom
 from medseg.volumes import Volume, read_volume, write_volume
-from nnunet_svc.predict import (TaskPredictor, align_to_reference, crop_volume, kidney_region)
+from nnunet_svc.predict import (TaskPredictor, align_to_reference, crop_volume, kidney_region, segment_case)
 from nnunet_svc.registry import load_registry
 
 CPU = torch.device("cpu")
-SPACING = 2.5  # the kidney-task demo models' training spacing
+SPACING = 3.0  # the kidney-task demo models' training spacing
 
 
 def small_case(seed: int = 1000, **kw):
-    """A small field of view (240 x 160 x 160 mm) around the kidneys: quick to predict."""
-    return make_phantom(size=(96, 64, 64), spacing=(SPACING,) * 3, seed=seed, origin=(-118.75, -40.0, -80.0), **kw)
+    """A small field of view (240 x 162 x 162 mm) around the kidneys: quick to predict."""
+    return make_phantom(size=(80, 54, 54), spacing=(SPACING,) * 3, seed=seed, origin=(-118.5, -40.0, -80.0), **kw)
 
 
 def full_case(seed: int = 1000, spacing: float = SPACING):
@@ -193,6 +193,24 @@ def test_mask_equals_nnunet_cli_voxel_for_voxel(task, predictor, registry, tmp_p
         lut[m] = o
     assert theirs.any()
     np.testing.assert_array_equal(ours.array, lut[theirs])
+
+
+def test_segment_case_shares_phases_and_the_kidney_mask(predictor, registry):
+    case = small_case(1005)
+    phases = dict(case.phases)
+    predictors = {t: predictor(t) for t in ("total", "tumor")}
+    messages = []
+    out = segment_case(predictors, phases, ["tumor", "total"], progress=lambda s, f, m: messages.append((s, f, m)))
+    assert list(out) == ["tumor", "total"]
+    assert out["tumor"].labels == registry["tumor"].labels and out["total"].labels == registry["total"].labels
+    for mask in out.values():
+        assert mask.same_grid(case.phases["portal"])
+    # total ran first and its kidneys placed the tumor task's crop (no locator pass)
+    assert [m for s, _, m in messages if s == "tumor:locate"] == ["finding the kidneys from the given mask"]
+    fractions = [f for _, f, _ in messages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    with pytest.raises(ValueError, match="unknown task"):
+        segment_case(predictors, phases, ["liver"])
 
 
 # ----------------------------------------------------------------------------- kidney crop, accuracy

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""nnunet_svc benchmark: resident predictors vs nnU-Net's CLI, shared phase reads, kidney crop.
+
+Everything is measured in this one run, on one phantom case and the demo models of
+models/registry.yaml:
+1. warm in-process TaskPredictor.predict vs `nnUNetv2_predict_from_modelfolder` for the same
+   case, model and settings (a subprocess: it loads the model for every call, which is the point);
+2. one SegmentCase-style pass over four tasks (each phase read once, `tumor` cropped with the
+   kidney mask `total` already produced) vs four separate calls (each reads its own phases, `tumor`
+   finds the kidneys with its locator);
+3. `tumor` with and without the kidney crop, each in a fresh subprocess: predict time and peak RSS.
+
+Usage: .venv/bin/python bench/bench_nnunet.py [--spacing 3.0] [--seed 2000] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+FOV_MM = (380.0, 380.0, 300.0)
+
+
+def make_case(seed: int, spacing: float, folder: Path) -> dict[str, Path]:
+    from medseg.phantom import make_phantom
+
+    size = tuple(int(round(f / spacing)) for f in FOV_MM)
+    return make_phantom(size=size, spacing=(spacing,) * 3, seed=seed, fov_mm=FOV_MM).write(folder)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def crop_child(portal: str, crop: bool) -> None:
+    """Runs in a fresh process: load + warm `tumor`, then one timed prediction."""
+    import torch
+
+    from medseg.volumes import read_volume
+    from nnunet_svc.predict import TaskPredictor
+    from nnunet_svc.registry import load_registry
+
+    p = TaskPredictor(load_registry()["tumor"], torch.device("cpu"))
+    p.warm_up()
+    image = read_volume(portal)
+    before = rss_mb()
+    t = time.perf_counter()
+    p.predict({"portal": image}, kidney_crop=crop)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spacing", type=float, default=3.0, help="phantom spacing in mm (whole-body field of view)")
+    ap.add_argument("--seed", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--task", default="tumor", help="task for the CLI comparison")
+    ap.add_argument("--crop-child", nargs=2, metavar=("PORTAL", "CROP"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.crop_child:
+        crop_child(args.crop_child[0], args.crop_child[1] == "1")
+        return
+
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from medseg.volumes import read_volume
+    from nnunet_svc.predict import TaskPredictor
+    from nnunet_svc.registry import load_registry
+
+    registry = load_registry()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
+    files = make_case(args.seed, args.spacing, tmp / "case")
+    size = read_volume(files["portal"]).size
+    print(f"phantom seed {args.seed}: {size} voxels at {args.spacing} mm; torch threads {torch.get_num_threads()}, "
+          f"cpu count {os.cpu_count()}")
+
+    # 1. warm service vs nnU-Net CLI --------------------------------------------------------------
+    spec = registry[args.task]
+    t = time.perf_counter()
+    predictors = {name: TaskPredictor(s, torch.device("cpu")) for name, s in registry.items()}
+    for p in predictors.values():
+        p.warm_up()
+    print(f"start-up: {len(predictors)} tasks loaded and warmed in {time.perf_counter() - t:.1f} s")
+    phases = {p: read_volume(files[p]) for p in spec.phases}
+    warm = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        ours = predictors[args.task].predict(phases, kidney_crop=False)
+        warm.append(time.perf_counter() - t)
+    warm_s = statistics.median(warm)
+    inp = tmp / "cli_in"
+    inp.mkdir()
+    for c, p in enumerate(spec.phases):
+        os.symlink(files[p], inp / f"case_{c:04d}.nii.gz")
+    model = spec.models[0]
+    cli = [str(Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"), "-i", str(inp), "-o",
+           str(tmp / "cli_out"), "-m", str(model.folder), "-f", *[str(f) for f in model.folds], "-chk",
+           model.checkpoint, "-step_size", str(spec.tile_step_size), "-device", "cpu", "--disable_progress_bar"]
+    if not spec.use_mirroring:
+        cli.append("--disable_tta")
+    t = time.perf_counter()
+    subprocess.run(cli, check=True, capture_output=True)
+    cli_s = time.perf_counter() - t
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "cli_out" / "case.nii.gz")))
+    lut = np.zeros(max(model.model_labels) + 1, np.uint8)
+    for m, o in model.label_map.items():
+        lut[m] = o
+    same = np.array_equal(ours.array, lut[theirs])
+    print(f"[{args.task}] warm service predict (median of {args.repeats}): {warm_s:.2f} s | "
+          f"nnUNetv2_predict_from_modelfolder (one case, incl. start-up and model load): {cli_s:.2f} s | "
+          f"ratio {cli_s / warm_s:.1f}x | masks identical: {same}")
+
+    # 2. four tasks sharing phase reads vs four separate calls ----------------------------------------
+    order = ["total", "vessels", "ureter", "tumor"]
+
+    def shared_case() -> None:
+        read = {p: read_volume(files[p]) for p in ("arterial", "portal", "delayed")}
+        total = predictors["total"].predict({"portal": read["portal"]})
+        for name in order[1:]:
+            predictors[name].predict({p: read[p] for p in registry[name].phases}, kidney_hint=total)
+
+    def separate_calls() -> None:
+        for name in order:
+            predictors[name].predict({p: read_volume(files[p]) for p in registry[name].phases})
+
+    t = time.perf_counter()
+    shared_case()
+    shared_s = time.perf_counter() - t
+    t = time.perf_counter()
+    separate_calls()
+    separate_s = time.perf_counter() - t
+    print(f"[case] four tasks, phases read once + kidney mask shared: {shared_s:.2f} s | four separate calls: "
+          f"{separate_s:.2f} s | ratio {separate_s / shared_s:.2f}x")
+
+    # 3. kidney crop vs full image, fresh processes --------------------------------------------------
+    results = {}
+    for crop in (False, True):
+        out = subprocess.run([sys.executable, __file__, "--crop-child", str(files["portal"]), "1" if crop else "0"],
+                             check=True, capture_output=True, text=True)
+        results[crop] = json.loads(out.stdout.strip().splitlines()[-1])
+    full, crop = results[False], results[True]
+    box = predictors["tumor"].locate_kidneys(read_volume(files["portal"]))
+    frac = float(np.prod([s.stop - s.start for s in box])) / float(np.prod(size)) if box else 1.0
+    print(f"[tumor] full image: {full['seconds']:.2f} s, peak RSS {full['peak_rss_mb']:.0f} MB "
+          f"(+{full['peak_rss_mb'] - full['rss_before_mb']:.0f} MB over the loaded service) | kidney crop "
+          f"({100 * frac:.0f}% of the voxels, located by the 4 mm locator): {crop['seconds']:.2f} s, peak RSS "
+          f"{crop['peak_rss_mb']:.0f} MB (+{crop['peak_rss_mb'] - crop['rss_before_mb']:.0f} MB) | time ratio "
+          f"{full['seconds'] / crop['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
