@@ -80,7 +80,7 @@ class MeshingCancelled(RuntimeError):
 class MeshOptions:
     """What to mesh and how. Out-of-range values raise ValueError in mesh_labels."""
 
-    labels: list[int] | None = None  # subset of labels to mesh; None = all present
+    labels: list[int] | None = None  # subset of labels to mesh; None or [] = all present
     smoothing: float | None = None  # 0..1 Slicer-style factor; None = per-structure default
     decimation: float = 0.0  # target reduction 0..<1 (0 = none)
     min_island_mm3: float = 10.0  # drop connected pieces smaller than this
@@ -493,7 +493,7 @@ def _smooth_group(raws: list[_RawSurface], factor: float) -> list[tuple[np.ndarr
     movable = np.ones(len(merged), bool)
     notes: list[list[str]] = [[] for _ in raws]
     for i in sorted(range(len(raws)), key=lambda i: raws[i].volume):
-        restored, offset = _keep_volume(smoothed, merged, ids[i][raws[i].faces], movable)
+        restored, _ = _keep_volume(smoothed, merged, ids[i][raws[i].faces], movable)
         if restored:
             notes[i].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
         movable[ids[i]] = False
@@ -573,7 +573,8 @@ def mesh_labels(
     boxes = label_boxes(mask.array)
     if not boxes:
         return []
-    wanted = sorted(boxes) if options.labels is None else sorted({int(v) for v in options.labels})
+    # An empty list means "all", as an empty repeated field does on the wire.
+    wanted = sorted({int(v) for v in options.labels}) if options.labels else sorted(boxes)
     meshes: dict[int, LabelMesh] = {}
     for value in wanted:
         if value not in boxes:

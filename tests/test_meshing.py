@@ -406,6 +406,7 @@ def test_labels_subset_islands_progress_and_cancel():
     assert "dropped 1 island < 10 mm3" in vein.note
     assert vein.volume_ml * 1000 == pytest.approx(4 * 6 * 6 * SPACING.prod(), rel=0.15)
     assert events[-1][1] == 1.0 and all(0 <= f <= 1 for _, f, _ in events)
+    assert [m.value for m in mesh_labels(mask, MeshOptions(labels=[]))] == [int(Label.KIDNEY), int(Label.VEIN)]
     from smoothing_svc.meshing import MeshingCancelled
 
     with pytest.raises(MeshingCancelled):
