@@ -23,8 +23,7 @@ from medseg.labels import NAMES, Label
 from medseg.volumes import Volume
 
 from .regions import (
-    bbox_of,
-    crop,
+    bbox_of_values,
     full_slices,
     label_values_present,
     paste,
@@ -113,16 +112,15 @@ def add_fat(
 
     # z, y, x sampling in mm for distances.
     sampling = tuple(reversed(mask.spacing))
-    kidney_or_tumor_full = (mask.array == Label.KIDNEY) | (mask.array == Label.TUMOR)
     if whole_volume:
         region = full_slices(mask.array.shape)
     else:
-        region = bbox_of(kidney_or_tumor_full, margin_mm, mask.spacing)
+        region = bbox_of_values(mask.array, (Label.KIDNEY, Label.TUMOR), margin_mm, mask.spacing)
     region_shape = tuple(s.stop - s.start for s in region)
 
     report_stage(progress, cancelled, "distance", 0.15, f"distance to kidney/tumor in region {region_shape}")
     labels = mask.array[region]
-    kidney_or_tumor = kidney_or_tumor_full[region]
+    kidney_or_tumor = (labels == Label.KIDNEY) | (labels == Label.TUMOR)
     distance_mm = ndimage.distance_transform_edt(~kidney_or_tumor, sampling=sampling)
     candidate = distance_mm <= margin_mm
     del distance_mm

@@ -6,6 +6,7 @@ its geometry kept exact, work there, and paste the result back into the full gri
 
 Stable API (other modules import it):
     bbox_of(mask_bool, margin_mm, spacing) -> tuple[slice, slice, slice]
+    bbox_of_values(label_array, values, margin_mm, spacing) -> same, without a full-size copy
     crop(volume, slices) -> Volume
     paste(full_array, slices, cropped_array) -> full_array
     grid_mismatch(reference, other) -> str | None
@@ -52,6 +53,29 @@ def bbox_of(mask_bool: np.ndarray, margin_mm: float, spacing: tuple[float, float
         lo = max(0, int(present[0]) - pad[axis])
         hi = min(mask_bool.shape[axis], int(present[-1]) + 1 + pad[axis])
         slices.append(slice(lo, hi))
+    return tuple(slices)  # type: ignore[return-value]
+
+
+def bbox_of_values(array: np.ndarray, values, margin_mm: float, spacing: tuple[float, float, float]) -> Slices:
+    """bbox_of(np.isin(array, values), ...) computed slab by slab, so no full-size boolean
+    copy of a large label map is made."""
+    values = list(values)
+    step = max(1, (1 << 22) // max(1, array.shape[1] * array.shape[2]))
+    present_z = np.zeros(array.shape[0], dtype=bool)
+    present_y = np.zeros(array.shape[1], dtype=bool)
+    present_x = np.zeros(array.shape[2], dtype=bool)
+    for start in range(0, array.shape[0], step):
+        slab = np.isin(array[start : start + step], values)
+        present_z[start : start + step] = slab.any(axis=(1, 2))
+        present_y |= slab.any(axis=(0, 2))
+        present_x |= slab.any(axis=(0, 1))
+    if not present_z.any():
+        raise ValueError(f"cannot take the bounding box of an empty mask (no voxels with values {values})")
+    pad = margin_voxels(margin_mm, spacing)
+    slices = []
+    for axis, present in enumerate((present_z, present_y, present_x)):
+        found = np.flatnonzero(present)
+        slices.append(slice(max(0, int(found[0]) - pad[axis]), min(array.shape[axis], int(found[-1]) + 1 + pad[axis])))
     return tuple(slices)  # type: ignore[return-value]
 
 
@@ -136,7 +160,13 @@ def label_values_present(array: np.ndarray) -> np.ndarray:
         return np.unique(array).astype(np.int64)
     lo, hi = int(array.min()), int(array.max())
     if lo >= 0 and hi < 65536:
-        return np.flatnonzero(np.bincount(array.ravel(), minlength=hi + 1))
+        # bincount converts to int64: count slab by slab so the copy stays small.
+        counts = np.zeros(hi + 1, dtype=np.int64)
+        flat = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+        step = max(1, (1 << 22) // max(1, flat.shape[1]))
+        for start in range(0, flat.shape[0], step):
+            counts += np.bincount(flat[start : start + step].ravel(), minlength=hi + 1)
+        return np.flatnonzero(counts)
     return np.unique(array).astype(np.int64)
 
 

@@ -26,6 +26,7 @@ from medseg.volumes import Volume, read_volume
 from .regions import (
     Slices,
     bbox_of,
+    bbox_of_values,
     crop,
     full_slices,
     paste,
@@ -61,11 +62,17 @@ def default_template_path() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "templates" / TEMPLATE_FILE
 
 
-def _kidney_shape(volume: Volume, what: str) -> np.ndarray:
+KIDNEY_SHAPE = (int(Label.KIDNEY), int(Label.TUMOR))  # the shape registered: kidney ∪ tumor
+
+
+def _require_kidney(volume: Volume, what: str) -> None:
     present = require_convention(volume.array, what, NAMES)
     if Label.KIDNEY not in present:
         raise ValueError(f"{what} has no kidney (label {int(Label.KIDNEY)}) voxels")
-    return (volume.array == Label.KIDNEY) | (volume.array == Label.TUMOR)
+
+
+def _shape_in(volume: Volume, region: Slices) -> np.ndarray:
+    return np.isin(volume.array[region], KIDNEY_SHAPE)
 
 
 def _check_geometry(volume: Volume, what: str) -> None:
@@ -88,12 +95,12 @@ def _signed_distance(binary: sitk.Image) -> sitk.Image:
     return sitk.Cast(0.5 * (inside - outside), sitk.sitkFloat32)
 
 
-def _coarse_distance_map(shape: np.ndarray, region: Slices, geometry: Volume, spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
+def _coarse_distance_map(volume: Volume, region: Slices, spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
     """Shape indicator (float) and clamped signed distance map on an isotropic grid of
     spacing_mm covering the region; both keep the volume's physical placement. The distance
     is computed on the native grid (exact boundary) and then sampled down (it is smooth)."""
-    box = crop(geometry.with_array(shape), region)
-    binary = sitk.GetImageFromArray(np.ascontiguousarray(box.array, dtype=np.uint8))
+    box = crop(volume, region)
+    binary = sitk.GetImageFromArray(_shape_in(volume, region).astype(np.uint8))
     binary.SetSpacing(box.spacing)
     binary.SetOrigin(box.origin)
     binary.SetDirection(box.direction)
@@ -260,7 +267,7 @@ def fit_template(
     """
     report_stage(progress, cancelled, "validate", 0.0, "checking inputs")
     _check_geometry(patient, "mask")
-    patient_shape = _kidney_shape(patient, "mask")
+    _require_kidney(patient, "mask")
     template_note = "caller's template"
     if template is None:
         path = default_template_path()
@@ -269,7 +276,7 @@ def fit_template(
         template = read_volume(path)
         template_note = f"shipped template {path.name}"
     _check_geometry(template, "template")
-    template_shape = _kidney_shape(template, "template")
+    _require_kidney(template, "template")
     if not registration_spacing_mm > 0:
         raise ValueError(f"registration_spacing_mm must be > 0, got {registration_spacing_mm}")
 
@@ -277,10 +284,10 @@ def fit_template(
     if whole_volume:
         fixed_region, moving_region = full_slices(patient.array.shape), full_slices(template.array.shape)
     else:
-        fixed_region = bbox_of(patient_shape, FIXED_MARGIN_MM, patient.spacing)
-        moving_region = bbox_of(template_shape, MOVING_MARGIN_MM, template.spacing)
-    fixed_binary, fixed_distance = _coarse_distance_map(patient_shape, fixed_region, patient, registration_spacing_mm)
-    moving_binary, moving_distance = _coarse_distance_map(template_shape, moving_region, template, registration_spacing_mm)
+        fixed_region = bbox_of_values(patient.array, KIDNEY_SHAPE, FIXED_MARGIN_MM, patient.spacing)
+        moving_region = bbox_of_values(template.array, KIDNEY_SHAPE, MOVING_MARGIN_MM, template.spacing)
+    fixed_binary, fixed_distance = _coarse_distance_map(patient, fixed_region, registration_spacing_mm)
+    moving_binary, moving_distance = _coarse_distance_map(template, moving_region, registration_spacing_mm)
 
     report_stage(progress, cancelled, "initialise", 0.25, "moment initialisation")
     initial = sitk.CenteredTransformInitializer(
@@ -304,17 +311,19 @@ def fit_template(
     report_stage(progress, cancelled, "resample", 0.8, "nearest-neighbour resampling of the template labels")
 
     # Fit quality on the patient's own grid, in the kidney box.
-    kidney_box = bbox_of(patient_shape, 2 * max(patient.spacing), patient.spacing)
+    kidney_box = bbox_of_values(patient.array, KIDNEY_SHAPE, 2 * max(patient.spacing), patient.spacing)
     kidney_reference = _reference(patient, kidney_box)
+    template_shape = _shape_in(template, full_slices(template.array.shape))
     template_shape_volume = template.with_array(template_shape.astype(np.uint8))
-    patient_box_shape = patient_shape[kidney_box]
+    patient_box_shape = _shape_in(patient, kidney_box)
     dice_before = _dice(patient_box_shape, _warp_labels(template_shape_volume, kidney_reference, _as_affine(initial)) > 0)
     dice_after = _dice(patient_box_shape, _warp_labels(template_shape_volume, kidney_reference, affine) > 0)
 
     # Only the template's other structures are taken from it.
     template_other = np.where(template_shape, 0, template.array).astype(np.uint8)
     template_labels = sorted(int(v) for v in np.unique(template_other) if v != 0)
-    output = np.zeros(patient.array.shape, dtype=np.uint8)
+    # The patient's own labels first; the template fills only the patient's background.
+    output = patient.array.astype(np.uint8, copy=True)
     if template_labels:
         if whole_volume:
             region = full_slices(patient.array.shape)
@@ -322,11 +331,12 @@ def fit_template(
             region = _warped_template_region(patient, template, template_other != 0, affine)
         if all(s.stop > s.start for s in region):
             warped = _warp_labels(template.with_array(template_other), _reference(patient, region), affine)
-            paste(output, region, warped)
+            in_region = output[region]
+            background = in_region == 0
+            in_region[background] = warped[background]
+            paste(output, region, in_region)
     else:
         region = (slice(0, 0),) * 3  # type: ignore[assignment]
-    own = patient.array != 0
-    output[own] = patient.array[own]
 
     matrix = list(affine.GetMatrix())
     note = (
