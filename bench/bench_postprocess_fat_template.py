@@ -28,6 +28,14 @@ RUNS = (("fat", False), ("fat", True), ("template", False), ("template", True))
 
 
 def _peak_rss_mib() -> float:
+    """Peak resident memory of this process since it started. VmHWM first: ru_maxrss on
+    Linux carries the parent's RSS over fork+exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
@@ -101,9 +109,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--make-inputs", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(Path(args.child[0]), args.child[1], args.child[2] == "whole")
+        return
+    if args.make_inputs:
+        write_inputs(args.make_inputs, args.size, args.seed)
         return
 
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
@@ -111,7 +123,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_fat_template_") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        write_inputs(folder, args.size, args.seed)
+        # In a subprocess too: the parent stays small, so nothing it held shows in the children.
+        subprocess.run([sys.executable, __file__, "--make-inputs", str(folder), "--size", *map(str, args.size),
+                        "--seed", str(args.seed)], env=env, check=True)
         print(f"phantom {args.size[0]}x{args.size[1]}x{args.size[2]} seed {args.seed}: generated in "
               f"{time.perf_counter() - started:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         results = {}
