@@ -50,6 +50,7 @@ from vtkmodules.vtkFiltersCore import vtkDecimatePro, vtkWindowedSincPolyDataFil
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
 from medseg.labels import COLORS, STRUCTURES, Label
+from medseg.progress import OperationCancelled
 from medseg.volumes import Volume
 
 Progress = Callable[[str, float, str], None]
@@ -70,10 +71,6 @@ DEFAULT_SMOOTHING: dict[int, float] = {
 
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 FORMATS = ("obj", "stl", "ply", "glb")
-
-
-class MeshingCancelled(RuntimeError):
-    """Raised between labels when the caller's ``cancelled()`` returns True."""
 
 
 @dataclass
@@ -560,7 +557,7 @@ def mesh_labels(
     absent from the mask, or removed entirely by island removal (e.g. a single voxel with
     the default min_island_mm3), comes back as an empty LabelMesh whose ``note`` says why.
     Raises ValueError for values outside the label convention or bad options,
-    MeshingCancelled when ``cancelled()`` turns True (checked between labels).
+    OperationCancelled when ``cancelled()`` turns True (checked between labels).
     """
     options = options or MeshOptions()
     _validate_options(options)
@@ -585,7 +582,7 @@ def mesh_labels(
         raws = []
         for value in group:
             if cancelled and cancelled():
-                raise MeshingCancelled("meshing cancelled")
+                raise OperationCancelled("meshing cancelled")
             if progress:
                 progress("mesh", finished / len(present), f"meshing {STRUCTURES[value]}")
             raw = _raw_surface(mask, value, boxes[value], options.min_island_mm3)

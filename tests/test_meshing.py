@@ -407,9 +407,9 @@ def test_labels_subset_islands_progress_and_cancel():
     assert vein.volume_ml * 1000 == pytest.approx(4 * 6 * 6 * SPACING.prod(), rel=0.15)
     assert events[-1][1] == 1.0 and all(0 <= f <= 1 for _, f, _ in events)
     assert [m.value for m in mesh_labels(mask, MeshOptions(labels=[]))] == [int(Label.KIDNEY), int(Label.VEIN)]
-    from smoothing_svc.meshing import MeshingCancelled
+    from medseg.progress import OperationCancelled
 
-    with pytest.raises(MeshingCancelled):
+    with pytest.raises(OperationCancelled):
         mesh_labels(mask, cancelled=lambda: True)
 
 

@@ -15,7 +15,8 @@ from medseg import stack
 from medseg.client import Client, Ref
 from medseg.postprocess.v1 import postprocess_pb2 as pp
 from medseg.serving.config import ServerConfig
-from medseg.serving.errors import Cancelled, FieldError, QueueFull
+from medseg.progress import OperationCancelled
+from medseg.serving.errors import FieldError, QueueFull
 from medseg.serving.paths import DataRoot
 from medseg.serving.work import WorkQueue
 from medseg.volumes import Volume, write_volume
@@ -77,7 +78,7 @@ def test_full_queue_refuses_at_once_and_cancelled_jobs_leave_it():
     release.set()
     assert first.result() is True
     assert third.result() == "third ran"
-    with pytest.raises(Cancelled):
+    with pytest.raises(OperationCancelled):
         second.result()
     queue.shutdown()
 
@@ -95,7 +96,7 @@ def test_running_job_sees_cancellation():
     job = queue.submit(work)
     started.wait(5)
     job.cancel()
-    with pytest.raises(Cancelled):
+    with pytest.raises(OperationCancelled):
         job.result()
     assert queue.submit(lambda p, c: 42).result() == 42
     queue.shutdown()

@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from medseg.codec import DigestMismatch, VolumeTooLarge
+from medseg.progress import OperationCancelled
 
 log = logging.getLogger("medseg.serving")
 
@@ -33,10 +34,6 @@ class NotReady(Exception):
     """Models or resources are still loading (UNAVAILABLE; retry with backoff)."""
 
 
-class Cancelled(Exception):
-    """The client cancelled or its deadline passed."""
-
-
 class Unsupported(Exception):
     """The request needs something this deployment does not have (FAILED_PRECONDITION)."""
 
@@ -46,7 +43,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (VolumeTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
-    (Cancelled, grpc.StatusCode.CANCELLED),
+    (OperationCancelled, grpc.StatusCode.CANCELLED),
     (Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
     (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
@@ -86,7 +83,7 @@ def streaming_rpc(method):
         try:
             yield from method(self, request_iterator, context)
         except Exception as exc:  # noqa: BLE001 - mapped, never escapes as UNKNOWN
-            if context.is_active() or not isinstance(exc, Cancelled):
+            if context.is_active() or not isinstance(exc, OperationCancelled):
                 abort(context, exc)
 
     return handler

@@ -8,7 +8,8 @@ import threading
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from medseg.serving.errors import Cancelled, QueueFull
+from medseg.progress import OperationCancelled
+from medseg.serving.errors import QueueFull
 
 ProgressFn = Callable[[str, float, str], None]
 Work = Callable[[ProgressFn, Callable[[], bool]], Any]
@@ -25,7 +26,7 @@ class Job:
 
     def progress(self, stage: str, fraction: float, message: str = "") -> None:
         if self._cancel.is_set():
-            raise Cancelled("call cancelled by the client")
+            raise OperationCancelled("call cancelled by the client")
         self.events.put((stage, float(fraction), message))
 
     def cancelled(self) -> bool:
@@ -45,7 +46,7 @@ class Job:
             except queue.Empty:
                 if not is_active():
                     self.cancel()
-                    raise Cancelled("client went away") from None
+                    raise OperationCancelled("client went away") from None
                 continue
             if event is _DONE:
                 return
@@ -55,7 +56,7 @@ class Job:
         try:
             return self.future.result()
         except CancelledError:
-            raise Cancelled("call cancelled by the client") from None
+            raise OperationCancelled("call cancelled by the client") from None
 
 
 class WorkQueue:
@@ -86,7 +87,7 @@ class WorkQueue:
         def run():
             try:
                 if job.cancelled():
-                    raise Cancelled("call cancelled while queued")
+                    raise OperationCancelled("call cancelled while queued")
                 return work(job.progress, job.cancelled)
             finally:
                 job.events.put(_DONE)
