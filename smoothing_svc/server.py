@@ -5,8 +5,6 @@ Run: python -m smoothing_svc.server (configuration from MEDSEG_* environment var
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from pathlib import Path
 
 from medseg import codec
 from medseg.serving.calls import StreamingCall
@@ -17,7 +15,7 @@ from medseg.serving.work import WorkQueue
 from medseg.smoothing.v1 import smoothing_pb2 as pb
 from medseg.smoothing.v1 import smoothing_pb2_grpc
 from medseg.volume.v1 import volume_pb2 as vpb
-from smoothing_svc.meshing import MeshOptions, mesh_labels, write_meshes
+from smoothing_svc.meshing import MeshOptions, encode_meshes, mesh_labels, write_meshes
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmoothingService"].full_name
 _FORMATS = {pb.MESH_FORMAT_UNSPECIFIED: "obj", pb.MESH_FORMAT_OBJ: "obj", pb.MESH_FORMAT_STL: "stl",
@@ -48,10 +46,8 @@ def mesh_options(params: pb.MeshMaskParams) -> tuple[MeshOptions, str]:
     return options, _FORMATS[params.format]
 
 
-def _file_digest(path: Path, relative: str) -> vpb.Digest:
-    data = path.read_bytes()
-    return vpb.Digest(role=path.name, path=relative, bytes=len(data),
-                      sha256=hashlib.sha256(data).hexdigest())
+def _file_digest(name: str, data: bytes, path: str) -> vpb.Digest:
+    return vpb.Digest(role=name, path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 class SmoothingServicer(smoothing_pb2_grpc.SmoothingServiceServicer):
@@ -80,23 +76,22 @@ class SmoothingServicer(smoothing_pb2_grpc.SmoothingServiceServicer):
         output_path = params.output_path
         if not output_path and not call.wants_inline(vpb.OutputOptions(inline=params.inline)):
             output_path = call.default_output("mesh").replace(".nii.gz", f".{fmt}")
+        files: dict[str, bytes] = {}
         paths: list[str] = []
-        with tempfile.TemporaryDirectory(prefix="medseg-mesh-") as tmp:
-            if output_path:
-                target = call.root.output("params.output_path", output_path)
-                with call.timed("write"):
-                    written = write_meshes(meshes, target, fmt)
-                paths = [call.root.relative(p) for p in written]
-            else:
-                written = write_meshes(meshes, Path(tmp) / f"mesh.{fmt}", fmt)
-            for path, relative in zip(written, paths):
-                call.sent.append(_file_digest(path, relative))
-            if params.inline or not output_path:
-                with call.timed("send"):
-                    for path in written:
-                        for chunk in codec.file_chunks(path):
-                            yield pb.MeshMaskResponse(file=chunk)
-                        call.sent.append(_file_digest(path, ""))
+        if output_path:
+            target = call.root.output("params.output_path", output_path)
+            with call.timed("write"):
+                written = write_meshes(meshes, target, fmt)
+            files = {path.name: path.read_bytes() for path in written}
+            paths = [call.root.relative(path) for path in written]
+            call.sent.extend(_file_digest(name, data, path) for (name, data), path in zip(files.items(), paths))
+        if params.inline or not output_path:
+            files = files or encode_meshes(meshes, fmt, stem="mesh")
+            with call.timed("send"):
+                for name, data in files.items():
+                    for chunk in codec.file_chunks(name, data):
+                        yield pb.MeshMaskResponse(file=chunk)
+                    call.sent.append(_file_digest(name, data, ""))
         yield pb.MeshMaskResponse(result=pb.MeshMaskResult(meshes=summaries, paths=paths,
                                                            info=call.info()))
 

@@ -95,15 +95,10 @@ def file_volume_chunks(path: str | Path, role: str,
             yield pb.VolumeChunk(data=block)
 
 
-def file_chunks(path: str | Path, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.FileChunk]:
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        while True:
-            block = f.read(chunk_size)
-            yield pb.FileChunk(name=path.name, data=block, total_bytes=size)
-            if len(block) < chunk_size:
-                return
+def file_chunks(name: str, data: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.FileChunk]:
+    """A file's bytes as FileChunk messages (at least one, even for an empty file)."""
+    for start in range(0, max(len(data), 1), chunk_size):
+        yield pb.FileChunk(name=name, data=data[start:start + chunk_size], total_bytes=len(data))
 
 
 # --- receiving -----------------------------------------------------------------------
