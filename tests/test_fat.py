@@ -244,3 +244,37 @@ def test_phantom_cropped_equals_whole_volume_and_geometric_region(phantom_case):
     assert not geometric_report.used_ct
     assert np.all(geometric.array[cropped.array == Label.FAT] == Label.FAT)
     assert geometric_report.fat_volume_ml >= report.fat_volume_ml
+
+
+def test_phantom_anisotropic_and_rotated_grid():
+    """Thick slices and a non-identity direction (axes permuted and flipped): same physics."""
+    phantom = pytest.importorskip("medseg.phantom")
+    # index x -> physical -y, index y -> physical x, index z -> physical z.
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    case = phantom.make_phantom(size=(120, 120, 60), spacing=(3.0, 3.0, 5.0), seed=2, direction=direction)
+    truth = case.labels.array == Label.FAT
+    mask = _without_fat(case.labels)
+    margin = _phantom_margin(case)
+    out, report = add_fat(mask, case.organs, case.phases["delayed"], margin_mm=margin, craniocaudal_margin_mm=margin)
+    fat = out.array == Label.FAT
+    assert report.fat_volume_ml == pytest.approx(truth.sum() * case.labels.voxel_volume_mm3 / 1000, rel=0.10)
+    assert 2 * (fat & truth).sum() / (fat.sum() + truth.sum()) >= 0.9
+    assert not np.any(fat & (mask.array != 0))
+
+
+def test_craniocaudal_limit_follows_physical_axis_not_array_axis():
+    """Index y runs along physical z (a coronal-style grid): the S-I limit must use it."""
+    phantom = pytest.importorskip("medseg.phantom")
+    direction = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0)  # index y -> physical z, index z -> physical y
+    case = phantom.make_phantom(size=(120, 100, 120), spacing=(3.0, 3.0, 3.0), seed=1, direction=direction)
+    mask = _without_fat(case.labels)
+    margin = _phantom_margin(case)
+    out, _ = add_fat(mask, case.organs, case.phases["portal"], margin_mm=margin)
+    fat = out.array == Label.FAT
+    kidney_rows = np.flatnonzero(np.isin(mask.array, [Label.KIDNEY, Label.TUMOR]).any(axis=(0, 2)))
+    fat_rows = np.flatnonzero(fat.any(axis=(0, 2)))
+    assert fat_rows.min() >= kidney_rows.min() and fat_rows.max() <= kidney_rows.max()
+    # Along the array's z (physical y) the shell is not cut: fat reaches beyond the kidney.
+    kidney_z = np.flatnonzero(np.isin(mask.array, [Label.KIDNEY, Label.TUMOR]).any(axis=(1, 2)))
+    fat_z = np.flatnonzero(fat.any(axis=(1, 2)))
+    assert fat_z.min() < kidney_z.min() or fat_z.max() > kidney_z.max()
