@@ -54,6 +54,8 @@ class FitReport:
     transform: list[float]  # affine: 9 matrix (row-major) + 3 translation + 3 centre, mm; maps patient -> template points
     note: str
     template_labels: list[int] = field(default_factory=list)  # labels taken from the template
+    patient_kidneys: int = 0  # separate kidney pieces seen in the patient (registration grid)
+    template_kidneys: int = 0
     region_shape: tuple[int, int, int] = (0, 0, 0)  # (z, y, x) patient box written
 
 
@@ -130,6 +132,13 @@ def _squashed(distance: sitk.Image, width_mm: float) -> sitk.Image:
     squashed = sitk.GetImageFromArray((width_mm * np.tanh(array / width_mm)).astype(np.float32))
     squashed.CopyInformation(distance)
     return squashed
+
+
+def _count_kidneys(indicator: sitk.Image) -> int:
+    """Separate kidney ∪ tumor pieces at least a fifth the size of the largest."""
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.Cast(indicator > 0.5, sitk.sitkUInt8)))
+    sizes = np.bincount(sitk.GetArrayViewFromImage(components).ravel())[1:]
+    return int((sizes >= 0.2 * sizes.max()).sum()) if sizes.size else 0
 
 
 def _register(
@@ -310,14 +319,24 @@ def fit_template(
     affine = _as_affine(affine)
     report_stage(progress, cancelled, "resample", 0.8, "nearest-neighbour resampling of the template labels")
 
-    # Fit quality on the patient's own grid, in the kidney box.
+    # Fit quality on the patient's grid. The overlap can only lie in the patient's kidney
+    # box; the warped template's size comes from the transform's determinant, so template
+    # kidney mapped outside the box (or the grid) still counts against the fit.
     kidney_box = bbox_of_values(patient.array, KIDNEY_SHAPE, 2 * max(patient.spacing), patient.spacing)
     kidney_reference = _reference(patient, kidney_box)
     template_shape = _shape_in(template, full_slices(template.array.shape))
     template_shape_volume = template.with_array(template_shape.astype(np.uint8))
     patient_box_shape = _shape_in(patient, kidney_box)
-    dice_before = _dice(patient_box_shape, _warp_labels(template_shape_volume, kidney_reference, _as_affine(initial)) > 0)
-    dice_after = _dice(patient_box_shape, _warp_labels(template_shape_volume, kidney_reference, affine) > 0)
+    template_kidney_mm3 = float(template_shape.sum()) * template.voxel_volume_mm3
+
+    def kidney_dice(transform: sitk.AffineTransform) -> float:
+        overlap = np.logical_and(patient_box_shape, _warp_labels(template_shape_volume, kidney_reference, transform) > 0).sum()
+        warped_voxels = template_kidney_mm3 / abs(np.linalg.det(np.reshape(transform.GetMatrix(), (3, 3)))) / patient.voxel_volume_mm3
+        return float(2.0 * overlap / (patient_box_shape.sum() + warped_voxels))
+
+    dice_before = kidney_dice(_as_affine(initial))
+    dice_after = kidney_dice(affine)
+    patient_kidneys, template_kidneys = _count_kidneys(fixed_binary), _count_kidneys(moving_binary)
 
     # Only the template's other structures are taken from it.
     template_other = np.where(template_shape, 0, template.array).astype(np.uint8)
@@ -343,6 +362,9 @@ def fit_template(
         f"{template_note}; Similarity3D then Affine on signed distance maps at {registration_spacing_mm:g} mm, "
         f"moment initialisation; kidney Dice {dice_before:.3f} -> {dice_after:.3f}"
     )
+    if patient_kidneys != template_kidneys:
+        note += (f"; the patient has {patient_kidneys} kidney(s), the template {template_kidneys}: structures of the "
+                 "missing side are placed by extrapolation")
     if dice_after < 0.7:
         note += "; poor fit: check the template matches the patient's kidneys (side, count)"
     report_stage(progress, cancelled, "done", 1.0, f"kidney Dice {dice_after:.3f}")
@@ -354,6 +376,8 @@ def fit_template(
         transform=matrix + list(affine.GetTranslation()) + list(affine.GetCenter()),
         note=note,
         template_labels=template_labels,
+        patient_kidneys=patient_kidneys,
+        template_kidneys=template_kidneys,
         region_shape=tuple(s.stop - s.start for s in region),  # type: ignore[arg-type]
     )
     return patient.with_array(output, labels=dict(NAMES)), report

@@ -200,3 +200,20 @@ def test_callers_own_template_with_tumor():
         assert dice(out.array == value, truth.array == value) >= 0.90, NAMES[value]
     for value in (Label.KIDNEY, Label.TUMOR):
         assert np.array_equal(out.array == value, patient.array == value)
+
+
+def test_single_kidney_patient_is_reported(template, warped_case):
+    """A patient with one kidney against a two-kidney template: the report says so, and the
+    Dice counts the template kidney that found no partner (it is not hidden outside a box)."""
+    from scipy import ndimage
+
+    truth, _ = warped_case
+    patient = patient_from(truth)
+    pieces, count = ndimage.label(patient.array != 0)
+    assert count == 2
+    one = patient.with_array(np.where(pieces == 1, patient.array, 0).astype(np.uint8), dict(NAMES))
+    out, report = fit_template(one, template)
+    assert (report.patient_kidneys, report.template_kidneys) == (1, 2)
+    assert "the patient has 1 kidney(s), the template 2" in report.note
+    assert report.kidney_dice_after < 0.8
+    assert np.array_equal(out.array == Label.KIDNEY, one.array == Label.KIDNEY)
