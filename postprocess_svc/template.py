@@ -1,14 +1,20 @@
 """Quick full mask: fit a template label map to the patient's kidneys (SimpleITK).
 
 Method (research note part B, "Template -> patient masks"):
-  1. kidney ∪ tumor of patient and template, each cut to its box + margin and brought to a
-     coarse isotropic grid (the lowest resolution that serves: registration_spacing_mm),
-  2. signed Maurer distance maps (mm, clamped: far-away voxels carry no shape information),
-  3. CenteredTransformInitializer MOMENTS, then Similarity3D, then Affine registration,
-     MeanSquares, multi-resolution shrink 4/2/1, smoothing 2/1/0 voxels,
-  4. the template's labels resampled with nearest neighbour onto the patient grid, only in
+  1. kidney ∪ tumor of patient and template, each cut to its box + margin; signed Maurer
+     distance maps on the native grid (zero level midway between boundary voxels, clamped),
+     sampled down to a coarse isotropic grid (registration_spacing_mm, default 2 mm),
+  2. CenteredTransformInitializer MOMENTS,
+  3. Similarity3D on the distance maps: MeanSquares, shrink 4/2/1, smoothing 2/1/0 voxels,
+  4. Affine on the distance maps saturated at 3 mm (w*tanh(d/w)) in a band around the
+     surface, conjugate-gradient line search, shrink 2/1. Plain distance maps bias an affine
+     fit towards scale 1 (a scaled shape has scaled distances): on a known affine they left
+     ~1 mm of error at the vessels, the saturated maps ~0.15 mm,
+  5. the template's labels resampled with nearest neighbour onto the patient grid, only in
      the box the warped template covers; the patient's own labels (kidney, tumor, anything
      else it has) are kept exactly and win over the template.
+One global fit for both kidneys: per-side affine refinement blended between the kidneys was
+tried on three phantom anatomies and did not place vessels or ureters better.
 """
 from __future__ import annotations
 
