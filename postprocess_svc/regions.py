@@ -12,7 +12,7 @@ Stable API (other modules import it):
     grid_mismatch(reference, other) -> str | None
     require_same_grid(reference, other, what, reference_name="mask")
     require_convention(array, what, allowed) -> values present
-    report_stage(progress, cancelled, stage, fraction, message); OperationCancelled
+    report_stage(progress, cancelled, stage, fraction, message); OperationCancelled (from medseg.progress)
 Slices are in array order (z, y, x); spacing is in Volume order (x, y, z).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from medseg.progress import OperationCancelled, report_stage  # noqa: F401  (re-exported: one exception for all)
 from medseg.volumes import Volume
 
 Slices = tuple[slice, slice, slice]
@@ -135,18 +136,6 @@ def require_same_grid(reference: Volume, other: Volume, what: str, reference_nam
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
-
-
-class OperationCancelled(RuntimeError):
-    """Raised between stages when the caller's cancelled() callback returns True."""
-
-
-def report_stage(progress, cancelled, stage: str, fraction: float, message: str = "") -> None:
-    """Tell the caller where we are, and stop if it has cancelled."""
-    if cancelled is not None and cancelled():
-        raise OperationCancelled(f"cancelled before stage '{stage}'")
-    if progress is not None:
-        progress(stage, float(fraction), message)
 
 
 def label_values_present(array: np.ndarray) -> np.ndarray:

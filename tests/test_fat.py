@@ -9,7 +9,7 @@ import pytest
 from medseg.labels import NAMES, Label
 from medseg.volumes import Volume
 from postprocess_svc.fat import add_fat
-from postprocess_svc.regions import OperationCancelled
+from medseg.progress import OperationCancelled
 
 SPACING = (2.0, 2.0, 3.0)  # x, y, z mm: anisotropic on purpose
 SIZE = (100, 80, 60)  # x, y, z voxels

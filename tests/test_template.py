@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from medseg.labels import NAMES, Label
 from medseg.volumes import Volume, read_volume
-from postprocess_svc.regions import OperationCancelled
+from medseg.progress import OperationCancelled
 from postprocess_svc.template import default_template_path, fit_template
 
 # The shipped template is tumor-free (a tumor bump would distort every kidney fit).
