@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from medseg.summary import Index3, Point3, box_mm, index_box, integer_array, summarize_labels
+from medseg.summary import Index3, LabelSummary, Point3, box_mm, index_box, integer_array, summarize_labels
 from medseg.volumes import Volume
 from postprocess_svc.regions import report_stage
 
@@ -35,19 +35,11 @@ class ComponentBox:
 
 
 @dataclass
-class LabelMeasurement:
-    """Full measurement of one label."""
+class LabelMeasurement(LabelSummary):
+    """Full measurement of one label: its summary plus components and largest diameter."""
 
-    value: int
-    name: str
-    voxel_count: int
-    volume_ml: float
-    min_index: Index3
-    max_index: Index3
-    min_mm: Point3
-    max_mm: Point3
-    component_count: int
-    largest_diameter_mm: float
+    component_count: int = 0
+    largest_diameter_mm: float = 0.0
     components: list[ComponentBox] = field(default_factory=list)  # largest first
 
 
@@ -177,20 +169,7 @@ def measure_mask(
             )
         components.sort(key=lambda c: (-c.voxel_count, c.min_index[2], c.min_index[1], c.min_index[0]))
         diameter = components[0].largest_diameter_mm if count == 1 else _diameter_mm(inside, lo, matrix)
-        results.append(
-            LabelMeasurement(
-                value=summary.value,
-                name=summary.name,
-                voxel_count=summary.voxel_count,
-                volume_ml=summary.volume_ml,
-                min_index=summary.min_index,
-                max_index=summary.max_index,
-                min_mm=summary.min_mm,
-                max_mm=summary.max_mm,
-                component_count=int(count),
-                largest_diameter_mm=diameter,
-                components=components,
-            )
-        )
+        results.append(LabelMeasurement(**vars(summary), component_count=int(count),
+                                        largest_diameter_mm=diameter, components=components))
     report_stage(progress, cancelled, "measure", 1.0, f"{len(results)} labels measured")
     return results
