@@ -99,34 +99,51 @@ def main() -> None:
     for p in predictors.values():
         p.warm_up()
     print(f"start-up: {len(predictors)} tasks loaded and warmed in {time.perf_counter() - t:.1f} s")
-    phases = {p: read_volume(files[p]) for p in spec.phases}
-    warm = []
-    for _ in range(args.repeats):
+    def compare_with_cli(files: dict[str, Path], label: str, crop: bool = False) -> None:
+        phases = {p: read_volume(files[p]) for p in spec.phases}
+        warm = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            ours = predictors[args.task].predict(phases, kidney_crop=False)
+            warm.append(time.perf_counter() - t)
+        warm_s = statistics.median(warm)
+        out_dir = Path(tempfile.mkdtemp(dir=tmp))
+        inp = out_dir / "in"
+        inp.mkdir()
+        for c, p in enumerate(spec.phases):
+            os.symlink(files[p], inp / f"case_{c:04d}.nii.gz")
+        model = spec.models[0]
+        cli = [str(Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"), "-i", str(inp), "-o",
+               str(out_dir / "out"), "-m", str(model.folder), "-f", *[str(f) for f in model.folds], "-chk",
+               model.checkpoint, "-step_size", str(spec.tile_step_size), "-device", "cpu", "--disable_progress_bar"]
+        if not spec.use_mirroring:
+            cli.append("--disable_tta")
         t = time.perf_counter()
-        ours = predictors[args.task].predict(phases, kidney_crop=False)
-        warm.append(time.perf_counter() - t)
-    warm_s = statistics.median(warm)
-    inp = tmp / "cli_in"
-    inp.mkdir()
-    for c, p in enumerate(spec.phases):
-        os.symlink(files[p], inp / f"case_{c:04d}.nii.gz")
-    model = spec.models[0]
-    cli = [str(Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"), "-i", str(inp), "-o",
-           str(tmp / "cli_out"), "-m", str(model.folder), "-f", *[str(f) for f in model.folds], "-chk",
-           model.checkpoint, "-step_size", str(spec.tile_step_size), "-device", "cpu", "--disable_progress_bar"]
-    if not spec.use_mirroring:
-        cli.append("--disable_tta")
-    t = time.perf_counter()
-    subprocess.run(cli, check=True, capture_output=True)
-    cli_s = time.perf_counter() - t
-    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "cli_out" / "case.nii.gz")))
-    lut = np.zeros(max(model.model_labels) + 1, np.uint8)
-    for m, o in model.label_map.items():
-        lut[m] = o
-    same = np.array_equal(ours.array, lut[theirs])
-    print(f"[{args.task}] warm service predict (median of {args.repeats}): {warm_s:.2f} s | "
-          f"nnUNetv2_predict_from_modelfolder (one case, incl. start-up and model load): {cli_s:.2f} s | "
-          f"ratio {cli_s / warm_s:.1f}x | masks identical: {same}")
+        subprocess.run(cli, check=True, capture_output=True)
+        cli_s = time.perf_counter() - t
+        theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "out" / "case.nii.gz")))
+        lut = np.zeros(max(model.model_labels) + 1, np.uint8)
+        for m, o in model.label_map.items():
+            lut[m] = o
+        same = np.array_equal(ours.array, lut[theirs])
+        print(f"[{args.task}] {label} {ours.size}: warm service predict, crop off (median of {args.repeats}): "
+              f"{warm_s:.2f} s | nnUNetv2_predict_from_modelfolder, same settings, one case incl. start-up and "
+              f"model load: {cli_s:.2f} s | ratio {cli_s / warm_s:.1f}x | masks identical: {same}")
+        if crop:
+            t = time.perf_counter()
+            predictors[args.task].predict(phases, kidney_crop=True)
+            crop_s = time.perf_counter() - t
+            print(f"[{args.task}] {label}: warm service predict with the kidney crop (locator pass included): "
+                  f"{crop_s:.2f} s | ratio vs the CLI {cli_s / crop_s:.1f}x")
+
+    compare_with_cli(files, "whole-body image", crop=True)
+    from medseg.phantom import make_phantom
+
+    # 240 x 162 x 162 mm around the kidneys
+    small_size = tuple(int(round(f / args.spacing)) for f in (240.0, 162.0, 162.0))
+    small = make_phantom(size=small_size, spacing=(args.spacing,) * 3, seed=args.seed,
+                         origin=(-(small_size[0] - 1) * args.spacing / 2, -40.0, -80.0)).write(tmp / "small")
+    compare_with_cli(small, "kidney-region image")
 
     # 2. four tasks sharing phase reads vs four separate calls ----------------------------------------
     order = ["total", "vessels", "ureter", "tumor"]

@@ -186,14 +186,45 @@ def nnunet_properties(volume: Volume) -> dict:
     }
 
 
-def _make_nnunet_predictor(model: ModelSpec, device: torch.device, tile_step_size: float, use_mirroring: bool):
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+def find_trainer_class(name: str):
+    """nnU-Net's trainer lookup by name, tolerant of trainer modules that fail to import.
 
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
-        predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                    perform_everything_on_device=device.type == "cuda", device=device,
-                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(model.folder), model.folds, model.checkpoint)
+    nnU-Net imports every module under nnunetv2.training.nnUNetTrainer until one defines the
+    class; one broken optional dependency (e.g. the Primus trainers import timm -> torchvision)
+    then breaks loading every trainer found after it, `nnUNetTrainerNoMirroring` (TotalSegmentator's)
+    included. This walk skips modules that cannot be imported.
+    """
+    import importlib
+    import pkgutil
+
+    import nnunetv2.training.nnUNetTrainer as base
+
+    for info in pkgutil.walk_packages(base.__path__, base.__name__ + ".", onerror=lambda _: None):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception:  # an optional trainer family whose dependencies are missing or broken
+            continue
+        cls = getattr(module, name, None)
+        if isinstance(cls, type):
+            return cls
+    raise ValueError(f"trainer class {name!r} is not defined in nnunetv2.training.nnUNetTrainer "
+                     "(custom trainers must be importable from there)")
+
+
+def _make_nnunet_predictor(model: ModelSpec, device: torch.device, tile_step_size: float, use_mirroring: bool):
+    import nnunetv2.inference.predict_from_raw_data as nnunet_predict
+
+    stock_lookup = nnunet_predict.recursive_find_trainer_class_by_name
+    nnunet_predict.recursive_find_trainer_class_by_name = find_trainer_class
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
+            predictor = nnunet_predict.nnUNetPredictor(
+                tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                perform_everything_on_device=device.type == "cuda", device=device,
+                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+            predictor.initialize_from_trained_model_folder(str(model.folder), model.folds, model.checkpoint)
+    finally:
+        nnunet_predict.recursive_find_trainer_class_by_name = stock_lookup
     return predictor
 
 

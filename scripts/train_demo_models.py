@@ -277,7 +277,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
-def evaluate(seeds: list[int], args, registry_file: Path | None = None) -> dict:
+def evaluate(seeds: list[int], args, registry_file: Path | None = None, tasks: list[str] | None = None) -> dict:
     """Dice per task and label on held-out phantom seeds, through the service's TaskPredictor."""
     import torch
 
@@ -285,6 +285,8 @@ def evaluate(seeds: list[int], args, registry_file: Path | None = None) -> dict:
     from nnunet_svc.registry import load_registry
 
     registry = load_registry(registry_file)
+    if tasks:
+        registry = {t: registry[t] for t in tasks}
     results: dict[str, dict[str, list[float]]] = {}
     predictors = {name: TaskPredictor(spec, torch.device("cpu")) for name, spec in registry.items()}
     for seed in seeds:
@@ -320,6 +322,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-seeds", type=int, nargs="*", default=[1000, 1001, 1002])
     ap.add_argument("--skip-train", action="store_true", help="only evaluate the registry's models")
+    ap.add_argument("--eval-tasks", default="", help="registry tasks to evaluate (default: all)")
     args = ap.parse_args()
 
     env_paths = {k: str(args.work / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
@@ -356,10 +359,15 @@ def main() -> None:
             print(f"[{task}] exported {dst} ({time.time() - t0:.0f} s)", flush=True)
 
     if args.eval_seeds:
-        scores = evaluate(args.eval_seeds, args)
+        eval_tasks = [t for t in args.eval_tasks.split(",") if t] if args.eval_tasks else None
+        scores = evaluate(args.eval_seeds, args, tasks=eval_tasks)
         print(json.dumps(scores, indent=2))
-        (args.out / "demo_eval.json").write_text(json.dumps(
-            {"seeds": args.eval_seeds, "kidney_crop": False, "dice": scores}, indent=2))
+        record_file = args.out / "demo_eval.json"
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        record.setdefault("dice", {}).update(scores)
+        record.update({"seeds": args.eval_seeds, "spacing_mm": args.eval_spacing, "kidney_crop": False,
+                       "fov_mm": FOV_MM})
+        record_file.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def _nnunet_cli(model_folder: Path, images: list[Volume], tmp: Path) -> np.ndarr
     return sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case.nii.gz")))
 
 
-@pytest.mark.parametrize("task", ["vessels", "tumor"])
+@pytest.mark.parametrize("task", ["tumor", pytest.param("vessels", marks=pytest.mark.slow)])
 def test_mask_equals_nnunet_cli_voxel_for_voxel(task, predictor, registry, tmp_path):
     spec = registry[task]
     assert not spec.use_mirroring and spec.tile_step_size == 0.5  # the settings the CLI is given below
