@@ -15,7 +15,8 @@ import torch
 from medseg.labels import Label
 from medseg.phantom import make_phantom
 from medseg.volumes import Volume, read_volume, write_volume
-from nnunet_svc.predict import (TaskPredictor, align_to_reference, crop_volume, kidney_region, segment_case)
+from nnunet_svc.predict import (TaskPredictor, align_to_reference, crop_volume, find_trainer_class, kidney_region,
+                                segment_case)
 from nnunet_svc.registry import load_registry
 
 CPU = torch.device("cpu")
@@ -115,6 +116,15 @@ def test_crop_volume_keeps_every_voxel_in_place():
     idx = np.stack([x, y, z, np.ones_like(x)], -1).astype(float)
     phys = (idx @ crop.index_to_physical_matrix().T)[..., :3]
     np.testing.assert_allclose(crop.array, ramp(phys), atol=1e-3)
+
+
+def test_trainer_lookup_finds_stock_trainers_by_name():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    no_mirroring = find_trainer_class("nnUNetTrainerNoMirroring")  # TotalSegmentator's trainer
+    assert no_mirroring.__name__ == "nnUNetTrainerNoMirroring" and issubclass(no_mirroring, nnUNetTrainer)
+    with pytest.raises(ValueError, match="trainer class 'MyTrainer' is not defined"):
+        find_trainer_class("MyTrainer")
 
 
 # ----------------------------------------------------------------------------- bad inputs
