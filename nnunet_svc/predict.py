@@ -167,6 +167,24 @@ def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterabl
             slice(int(start[0]), int(stop[0])))
 
 
+def grow_box(box: tuple[slice, slice, slice], reference: Volume, min_mm: tuple[float, float, float]
+             ) -> tuple[slice, slice, slice]:
+    """Widen a (z, y, x) index box symmetrically to at least `min_mm` per axis, kept inside the image."""
+    shape = reference.array.shape
+    spacing_zyx = reference.spacing[::-1]
+    out = []
+    for axis, s in enumerate(box):
+        need = min(shape[axis], int(np.ceil(min_mm[axis] / spacing_zyx[axis])))
+        start, stop = s.start, s.stop
+        if stop - start < need:
+            grow = need - (stop - start)
+            start = max(0, start - grow // 2)
+            stop = min(shape[axis], start + need)
+            start = max(0, stop - need)
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
 def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
     """Sub-volume with its origin moved so every voxel keeps its physical position."""
     start_xyz = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
@@ -304,6 +322,16 @@ class TaskPredictor:
             loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False)
             self.locator = _Part(spec.locator, loc, None)
 
+    def min_crop_mm(self) -> tuple[float, float, float]:
+        """Smallest crop (z, y, x mm) that still holds one whole network patch of every model: a
+        crop smaller than a patch is padded with values the network never saw next to the body."""
+        extent = np.zeros(3)
+        for part in self.parts:
+            cm, pm = part.predictor.configuration_manager, part.predictor.plans_manager
+            patch_mm = np.asarray(cm.patch_size, float) * np.asarray(cm.spacing, float)
+            extent = np.maximum(extent, patch_mm[list(pm.transpose_backward)])
+        return tuple(float(e) for e in extent)
+
     def describe(self) -> dict:
         """What ListModels reports for this task."""
         return {
@@ -366,6 +394,7 @@ class TaskPredictor:
                                                           else " with the low-resolution locator"))
             box = self.locate_kidneys(reference, kidney_hint)
         if box is not None:
+            box = grow_box(box, reference, self.min_crop_mm())
             work = [crop_volume(c, box) for c in channels]
             crop_size = work[0].size
             region = f"kidney crop {crop_size} of {reference.size}"

@@ -267,3 +267,19 @@ def test_demo_models_reach_the_dice_targets_on_a_held_out_case(predictor, regist
     by_name = {n: v for v, n in case.organs.labels.items()}
     for name in ("kidney_left", "kidney_right", "liver", "aorta", "inferior_vena_cava"):
         assert dice(total.array == by_name[name], case.organs.array == by_name[name]) >= 0.8, name
+
+
+@pytest.mark.slow
+def test_vessels_with_the_portal_phase_on_another_grid(predictor):
+    # the phantom's anatomy is defined in mm, so one seed on two grids is the same body
+    arterial = full_case(1006)
+    portal = make_phantom(size=(150, 150, 112), spacing=(2.5, 2.5, 2.7), seed=1006, origin=(-190.0, -185.0, -148.0))
+    assert not portal.phases["portal"].same_grid(arterial.phases["arterial"])
+    mask = predictor("vessels").predict({"arterial": arterial.phases["arterial"], "portal": portal.phases["portal"]})
+    assert mask.same_grid(arterial.phases["arterial"])
+    conv = arterial.labels.array
+    for value, target in ((Label.ARTERY, 0.80), (Label.VEIN, 0.80), (Label.KIDNEY, 0.90)):
+        truth = conv == value
+        if value == Label.KIDNEY:
+            truth |= conv == Label.TUMOR
+        assert dice(mask.array == value, truth) >= target, value
