@@ -29,18 +29,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from medseg.progress import Cancelled, OperationCancelled, Progress
 from medseg.volumes import Volume
 from nnunet_svc.registry import ModelSpec, TaskSpec
 
-Progress = Callable[[str, float, str], None]
-Cancelled = Callable[[], bool]
 
 # Above this many voxels per phase an image is refused before any work (env overrides).
 DEFAULT_MAX_VOXELS = int(os.environ.get("MEDSEG_NNUNET_MAX_VOXELS", 512 * 512 * 1024))
-
-
-class PredictionCancelled(Exception):
-    """The caller's `cancelled()` turned true between stages."""
 
 
 def default_device() -> torch.device:
@@ -381,7 +376,7 @@ class TaskPredictor:
         """The task's mask on the first phase's grid, labels = spec.labels (see module doc)."""
         def report(stage: str, fraction: float, message: str) -> None:
             if cancelled is not None and cancelled():
-                raise PredictionCancelled(f"task {self.spec.name!r} cancelled during {stage}")
+                raise OperationCancelled(f"task {self.spec.name!r} cancelled during {stage}")
             if progress is not None:
                 progress(stage, fraction, message)
 

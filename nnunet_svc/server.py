@@ -13,7 +13,6 @@ from medseg.nnunet.v1 import nnunet_pb2 as pb
 from medseg.nnunet.v1 import nnunet_pb2_grpc
 from medseg.serving.calls import StreamingCall
 from medseg.serving.config import ServerConfig
-from medseg.progress import OperationCancelled
 from medseg.serving.errors import FieldError, NotReady, streaming_rpc, unary_rpc
 from medseg.serving.server import Server, serve_forever, setup_logging
 from medseg.serving.work import WorkQueue
@@ -73,13 +72,8 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
 
     @staticmethod
     def _predict(predictor, phases, kidney_crop, kidney_hint, progress, cancelled):
-        from nnunet_svc.predict import PredictionCancelled
-
-        try:
-            return predictor.predict(phases, kidney_crop=kidney_crop, kidney_hint=kidney_hint,
-                                     progress=progress, cancelled=cancelled)
-        except PredictionCancelled as exc:
-            raise OperationCancelled(str(exc)) from None
+        return predictor.predict(phases, kidney_crop=kidney_crop, kidney_hint=kidney_hint,
+                                 progress=progress, cancelled=cancelled)
 
     def _single(self, request_iterator, context, response_cls, task: str, inputs: dict[str, str]):
         """One task on its images: inputs maps wire role -> params path field."""
