@@ -70,11 +70,6 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
             raise NotReady(f"task '{task}' is still loading; retry shortly")
         return predictor
 
-    @staticmethod
-    def _predict(predictor, phases, kidney_crop, kidney_hint, progress, cancelled):
-        return predictor.predict(phases, kidney_crop=kidney_crop, kidney_hint=kidney_hint,
-                                 progress=progress, cancelled=cancelled)
-
     def _single(self, request_iterator, context, response_cls, task: str, inputs: dict[str, str]):
         """One task on its images: inputs maps wire role -> params path field."""
         call = StreamingCall(context, self.config, response_cls)
@@ -87,8 +82,8 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
         # Wire roles ("ct") name the request; the registry names the model's phases.
         phases = dict(zip(predictor.spec.phases, images))
         crop = not getattr(params, "disable_kidney_crop", False)
-        mask = yield from call.run(self.queue, lambda progress, cancelled: self._predict(
-            predictor, phases, crop, None, progress, cancelled), stage="predict")
+        mask = yield from call.run(self.queue, lambda progress, cancelled: predictor.predict(
+            phases, kidney_crop=crop, progress=progress, cancelled=cancelled), stage="predict")
         output = yield from call.deliver(mask, task, params.output, task)
         yield response_cls(result=pb.SegmentationResult(outputs=[output], device=self.device,
                                                         info=call.info()))
@@ -142,7 +137,8 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
             for i, task in enumerate(tasks):
                 def task_progress(stage, fraction, message, i=i, task=task):
                     progress(stage, (i + fraction) / len(tasks), f"{task}: {message}")
-                masks[task] = self._predict(predictors[task], phases, crop, hint, task_progress, cancelled)
+                masks[task] = predictors[task].predict(phases, kidney_crop=crop, kidney_hint=hint,
+                                                       progress=task_progress, cancelled=cancelled)
                 # The first kidney-bearing mask places the crop of the tasks that follow.
                 hint = hint if hint is not None else masks[task]
             return masks
