@@ -50,14 +50,14 @@ TOTAL_PART1 = ("spleen", "kidney_right", "kidney_left", "liver")
 
 # task -> dataset id, folder name, input phases (channel order), output structures of the convention
 TASKS = {
-    # the whole-body parts have no Dice target and train on a shorter schedule
+    # epochs: the schedules the committed demo models were trained with (25 iterations each)
     # left/right classes: no mirroring augmentation (as TotalSegmentator's NoMirroring trainers)
-    "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=8, mirror=False),
-    "total_part2": dict(id=902, name="TotalPart2", spacing=4.0, epochs=8, mirror=False),
-    "vessels": dict(id=903, name="Vessels", spacing=3.0, phases=["arterial", "portal"],
+    "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=24, mirror=False),
+    "total_part2": dict(id=902, name="TotalPart2", spacing=4.0, epochs=30, mirror=False),
+    "vessels": dict(id=903, name="Vessels", spacing=3.0, epochs=12, phases=["arterial", "portal"],
                     structures=["kidney", "artery", "vein"]),
-    "ureter": dict(id=904, name="Ureter", spacing=3.0, phases=["delayed"], structures=["kidney", "ureter"]),
-    "tumor": dict(id=905, name="Tumor", spacing=3.0, phases=["portal"], structures=["kidney", "tumor"]),
+    "ureter": dict(id=904, name="Ureter", spacing=3.0, epochs=40, phases=["delayed"], structures=["kidney", "ureter"]),
+    "tumor": dict(id=905, name="Tumor", spacing=3.0, epochs=30, phases=["portal"], structures=["kidney", "tumor"]),
 }
 
 
@@ -311,7 +311,7 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
     ap.add_argument("--cases", type=int, default=20, help="training cases (phantom seeds 0..N-1)")
     ap.add_argument("--eval-spacing", type=float, default=3.0, help="held-out phantom spacing (mm)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: 12, whole-body parts 8)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: per task, as the committed models were trained)")
     ap.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--features", type=int, default=8, help="features of the first stage (doubling per stage)")
