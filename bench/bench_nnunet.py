@@ -46,6 +46,24 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def reset_peak_rss() -> bool:
+    """Linux: restart the process's peak-RSS (VmHWM) count, so it measures one step only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def crop_child(portal: str, crop: bool) -> None:
     """Runs in a fresh process: load + warm `tumor`, then one timed prediction."""
     import torch
@@ -58,11 +76,39 @@ def crop_child(portal: str, crop: bool) -> None:
     p.warm_up()
     image = read_volume(portal)
     before = rss_mb()
+    reset_peak_rss()  # count the prediction's peak, not start-up's
     t = time.perf_counter()
     p.predict({"portal": image}, kidney_crop=crop)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak}))
+
+
+def compare_crop(registry, files: dict[str, Path], size) -> None:
+    """3. kidney crop vs full image, each in a fresh process: predict time and peak RSS."""
+    import numpy as np
+    import torch
+
+    from medseg.volumes import read_volume
+    from nnunet_svc.predict import TaskPredictor, grow_box
+
+    results = {}
+    for crop in (False, True):
+        out = subprocess.run([sys.executable, __file__, "--crop-child", str(files["portal"]), "1" if crop else "0"],
+                             check=True, capture_output=True, text=True)
+        results[crop] = json.loads(out.stdout.strip().splitlines()[-1])
+    full, crop = results[False], results[True]
+    tumor = TaskPredictor(registry["tumor"], torch.device("cpu"))
+    portal = read_volume(files["portal"])
+    box = tumor.locate_kidneys(portal)
+    box = grow_box(box, portal, tumor.min_crop_mm()) if box else None
+    frac = float(np.prod([s.stop - s.start for s in box])) / float(np.prod(size)) if box else 1.0
+    print(f"[tumor] full image: {full['seconds']:.2f} s, peak RSS during predict {full['peak_rss_mb']:.0f} MB "
+          f"(+{full['peak_rss_mb'] - full['rss_before_mb']:.0f} MB over the loaded service) | kidney crop "
+          f"({100 * frac:.0f}% of the voxels, located by the 4 mm locator): {crop['seconds']:.2f} s, peak RSS "
+          f"{crop['peak_rss_mb']:.0f} MB (+{crop['peak_rss_mb'] - crop['rss_before_mb']:.0f} MB) | time ratio "
+          f"{full['seconds'] / crop['seconds']:.2f}x | extra-memory ratio "
+          f"{(full['peak_rss_mb'] - full['rss_before_mb']) / max(1.0, crop['peak_rss_mb'] - crop['rss_before_mb']):.2f}x")
 
 
 def main() -> None:
@@ -71,6 +117,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--task", default="tumor", help="task for the CLI comparison")
+    ap.add_argument("--only-crop", action="store_true", help="run only the kidney-crop comparison")
     ap.add_argument("--crop-child", nargs=2, metavar=("PORTAL", "CROP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.crop_child:
@@ -91,6 +138,10 @@ def main() -> None:
     size = read_volume(files["portal"]).size
     print(f"phantom seed {args.seed}: {size} voxels at {args.spacing} mm; torch threads {torch.get_num_threads()}, "
           f"cpu count {os.cpu_count()}")
+
+    if args.only_crop:
+        compare_crop(registry, files, size)
+        return
 
     # 1. warm service vs nnU-Net CLI --------------------------------------------------------------
     spec = registry[args.task]
@@ -167,20 +218,7 @@ def main() -> None:
     print(f"[case] four tasks, phases read once + kidney mask shared: {shared_s:.2f} s | four separate calls: "
           f"{separate_s:.2f} s | ratio {separate_s / shared_s:.2f}x")
 
-    # 3. kidney crop vs full image, fresh processes --------------------------------------------------
-    results = {}
-    for crop in (False, True):
-        out = subprocess.run([sys.executable, __file__, "--crop-child", str(files["portal"]), "1" if crop else "0"],
-                             check=True, capture_output=True, text=True)
-        results[crop] = json.loads(out.stdout.strip().splitlines()[-1])
-    full, crop = results[False], results[True]
-    box = predictors["tumor"].locate_kidneys(read_volume(files["portal"]))
-    frac = float(np.prod([s.stop - s.start for s in box])) / float(np.prod(size)) if box else 1.0
-    print(f"[tumor] full image: {full['seconds']:.2f} s, peak RSS {full['peak_rss_mb']:.0f} MB "
-          f"(+{full['peak_rss_mb'] - full['rss_before_mb']:.0f} MB over the loaded service) | kidney crop "
-          f"({100 * frac:.0f}% of the voxels, located by the 4 mm locator): {crop['seconds']:.2f} s, peak RSS "
-          f"{crop['peak_rss_mb']:.0f} MB (+{crop['peak_rss_mb'] - crop['rss_before_mb']:.0f} MB) | time ratio "
-          f"{full['seconds'] / crop['seconds']:.2f}x")
+    compare_crop(registry, files, size)
 
 
 if __name__ == "__main__":
