@@ -28,12 +28,6 @@ Label = IntEnum("Label", {name.upper(): value for value, name in NAMES.items()})
 STRUCTURES: dict[int, str] = {v: n for v, n in NAMES.items() if v != 0}
 
 
-def color_rgb(value: int) -> tuple[float, float, float]:
-    """Colour of a convention label as floats in 0..1."""
-    hex_color = COLORS[value].lstrip("#")
-    return tuple(int(hex_color[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
-
-
 def convention_table() -> dict[int, str]:
     """The convention's label table, background included."""
     return dict(NAMES)
