@@ -74,10 +74,11 @@ def volume_header(volume: Volume, role: str, digest: str = "") -> pb.VolumeHeade
 
 
 def volume_chunks(volume: Volume, role: str, chunk_size: int = CHUNK_SIZE,
-                  with_digest: bool = True) -> Iterator[pb.VolumeChunk]:
-    """A Volume as RAW chunks: header first (with the SHA-256 of the data), then data."""
+                  digest: str | None = None) -> Iterator[pb.VolumeChunk]:
+    """A Volume as RAW chunks: header first (with the SHA-256 of the data, computed here
+    unless the caller already has it), then data."""
     data = raw_bytes(volume.array)
-    digest = hashlib.sha256(data).hexdigest() if with_digest else ""
+    digest = digest or hashlib.sha256(data).hexdigest()
     yield pb.VolumeChunk(header=volume_header(volume, role, digest))
     for start in range(0, len(data), chunk_size):
         yield pb.VolumeChunk(data=bytes(data[start:start + chunk_size]))

@@ -178,7 +178,7 @@ class StreamingCall:
                                        bytes=volume.array.nbytes))
         if self.wants_inline(output):
             with self.timed(f"send {role}"):
-                for chunk in codec.volume_chunks(volume, role):
+                for chunk in codec.volume_chunks(volume, role, digest=digest):
                     yield self.response_cls(**{self.chunk_field: chunk})
             self.sent.append(pb.Digest(role=role, sha256=digest, bytes=volume.array.nbytes))
         return pb.OutputVolume(role=role, path=written, labels=summarize(volume))
