@@ -40,6 +40,15 @@ def _check_edges(n_nodes: int, edges: np.ndarray) -> np.ndarray:
     return edges
 
 
+def _check_weighted_edges(n_nodes: int, edges, weights) -> tuple[np.ndarray, np.ndarray]:
+    """_check_edges plus one float weight per edge."""
+    edges = _check_edges(n_nodes, edges)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(weights) != len(edges):
+        raise ValueError(f"weights has {len(weights)} entries for {len(edges)} edges")
+    return edges, weights
+
+
 def canonical_components(labels: np.ndarray) -> np.ndarray:
     """Renumber component ids so that ids follow the order of each component's first node.
 
@@ -81,10 +90,7 @@ class ScipyBackend:
         return canonical_components(labels)
 
     def minimum_spanning_edges(self, n_nodes: int, edges: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        edges = _check_edges(n_nodes, edges)
-        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if len(weights) != len(edges):
-            raise ValueError(f"weights has {len(weights)} entries for {len(edges)} edges")
+        edges, weights = _check_weighted_edges(n_nodes, edges, weights)
         if len(edges) == 0:
             return np.zeros(0, dtype=np.int64)
         # csgraph treats 0 as "no edge"; shift weights so every real edge stays present.
@@ -141,10 +147,7 @@ class CugraphBackend:
         return canonical_components(self._cupy.asnumpy(labels))
 
     def minimum_spanning_edges(self, n_nodes: int, edges: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        edges = _check_edges(n_nodes, edges)
-        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if len(weights) != len(edges):
-            raise ValueError(f"weights has {len(weights)} entries for {len(edges)} edges")
+        edges, weights = _check_weighted_edges(n_nodes, edges, weights)
         if len(edges) == 0:
             return np.zeros(0, dtype=np.int64)
         import cudf
