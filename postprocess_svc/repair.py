@@ -542,6 +542,16 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
 
 
+def _path_refusal(gap_mm: float, others, limits: RepairLimits) -> str:
+    """Why a bridge path may not be painted ("" when it may): too much background to
+    cross, or another label in the way (artery never joined across a vein)."""
+    if gap_mm > limits.max_gap_mm:
+        return f"gap {gap_mm:.1f} mm > {limits.max_gap_mm:g}"
+    if others:
+        return f"crosses {', '.join(f'{NAMES[o]} ({o})' for o in others)}"
+    return ""
+
+
 def _line_profile(
     region: np.ndarray, start: np.ndarray, label: int, p0: np.ndarray, p1: np.ndarray, spacing_zyx: np.ndarray
 ):
@@ -617,11 +627,9 @@ def _candidate_joins(
             refuse(f"{what}: radius {a.radius:.1f} vs {b.radius:.1f} mm")
             continue
         gap, others = _line_profile(region, start, label, a.position, b.position, spacing_zyx)
-        if gap > limits.max_gap_mm:
-            refuse(f"{what}: gap {gap:.1f} mm > {limits.max_gap_mm:g}")
-            continue
-        if others:
-            refuse(f"{what}: crosses {', '.join(f'{NAMES[o]} ({o})' for o in others)}")
+        reason = _path_refusal(gap, others, limits)
+        if reason:
+            refuse(f"{what}: {reason}")
             continue
         length = float(np.linalg.norm(gap_vector))
         candidates.append(
@@ -675,11 +683,9 @@ def _candidate_joins(
         others = sorted({int(v) for v in np.unique(values[:first])} - {0, label})
         gap = float(np.count_nonzero(values[:first] == 0)) * step
         side_radius = float(skel.radius[near].max())
-        if gap > limits.max_gap_mm:
-            refuse(f"{what}: gap {gap:.1f} mm > {limits.max_gap_mm:g}")
-            continue
-        if others:
-            refuse(f"{what}: crosses {', '.join(f'{NAMES[o]} ({o})' for o in others)}")
+        reason = _path_refusal(gap, others, limits)
+        if reason:
+            refuse(f"{what}: {reason}")
             continue
         if side_radius < limits.min_radius_ratio * a.radius:
             refuse(f"{what}: side radius {side_radius:.1f} < branch {a.radius:.1f} mm")
