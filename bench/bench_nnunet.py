@@ -4,7 +4,8 @@
 Everything is measured in this one run, on one phantom case and the demo models of
 models/registry.yaml:
 1. warm in-process TaskPredictor.predict vs `nnUNetv2_predict_from_modelfolder` for the same
-   case, model and settings (a subprocess: it loads the model for every call, which is the point);
+   case, model and settings (a subprocess: it loads the model for every call, which is the point),
+   and the registry's batched tiles vs one tile per forward pass (nnU-Net's own loop);
 2. one SegmentCase-style pass over four tasks (each phase read once, `tumor` cropped with the
    kidney mask `total` already produced) vs four separate calls (each reads its own phases, `tumor`
    finds the kidneys with its locator);
@@ -15,6 +16,7 @@ Usage: .venv/bin/python bench/bench_nnunet.py [--spacing 3.0] [--seed 2000] [--r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -150,14 +152,24 @@ def main() -> None:
     for p in predictors.values():
         p.warm_up()
     print(f"start-up: {len(predictors)} tasks loaded and warmed in {time.perf_counter() - t:.1f} s")
-    def compare_with_cli(files: dict[str, Path], label: str, crop: bool = False) -> None:
-        phases = {p: read_volume(files[p]) for p in spec.phases}
-        warm = []
+    one_tile = TaskPredictor(dataclasses.replace(spec, tile_batch_size=1), torch.device("cpu"))
+    one_tile.warm_up()
+
+    def warm_seconds(predictor: TaskPredictor, phases: dict) -> tuple[float, object]:
+        times = []
         for _ in range(args.repeats):
             t = time.perf_counter()
-            ours = predictors[args.task].predict(phases, kidney_crop=False)
-            warm.append(time.perf_counter() - t)
-        warm_s = statistics.median(warm)
+            mask = predictor.predict(phases, kidney_crop=False)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), mask
+
+    def compare_with_cli(files: dict[str, Path], label: str, crop: bool = False) -> None:
+        phases = {p: read_volume(files[p]) for p in spec.phases}
+        warm_s, ours = warm_seconds(predictors[args.task], phases)
+        one_s, one_mask = warm_seconds(one_tile, phases)
+        print(f"[{args.task}] {label} {ours.size}: warm predict, one tile per forward pass (nnU-Net's loop): "
+              f"{one_s:.2f} s | {spec.tile_batch_size} tiles per pass: {warm_s:.2f} s | ratio {one_s / warm_s:.1f}x | "
+              f"masks identical: {np.array_equal(ours.array, one_mask.array)}")
         out_dir = Path(tempfile.mkdtemp(dir=tmp))
         inp = out_dir / "in"
         inp.mkdir()

@@ -224,20 +224,76 @@ def find_trainer_class(name: str):
                      "(custom trainers must be importable from there)")
 
 
-def _make_nnunet_predictor(model: ModelSpec, device: torch.device, tile_step_size: float, use_mirroring: bool):
+def _tile_batch_predictor_class():
+    """nnU-Net's predictor with a batched sliding window (built on first use: nnunetv2 is heavy)."""
+    global _TileBatchPredictor
+    if _TileBatchPredictor is not None:
+        return _TileBatchPredictor
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    from nnunetv2.utilities.helpers import empty_cache
+
+    class TileBatchPredictor(nnUNetPredictor):
+        """nnU-Net's sliding window, `tile_batch_size` tiles per forward pass.
+
+        Why: on CPU a batch-1 3D convolution takes a much slower path than a batch of 2 or more
+        (about 5x per tile on the demo networks; see bench/bench_nnunet.py). The tiles, the gaussian
+        weighting and the fp16 accumulation order are nnU-Net's own, so with tile_batch_size 1
+        this is nnU-Net's loop. `on_tiles(done, total)` is called after every batch: progress, and
+        a place to stop a cancelled call.
+        """
+        tile_batch_size: int = 1
+        on_tiles: Callable[[int, int], None] | None = None
+
+        @torch.inference_mode()
+        def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+            results_device = self.device if do_on_device else torch.device("cpu")
+            empty_cache(self.device)
+            data = data.to(results_device)
+            logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
+                                 device=results_device)
+            n_predictions = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+            gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
+                                        value_scaling_factor=10, device=results_device) if self.use_gaussian else 1
+            for start in range(0, len(slicers), self.tile_batch_size):
+                batch = slicers[start:start + self.tile_batch_size]
+                tiles = torch.stack([data[s] for s in batch]).to(self.device)
+                predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
+                for prediction, s in zip(predictions, batch):
+                    if self.use_gaussian:
+                        prediction *= gaussian
+                    logits[s] += prediction
+                    n_predictions[s[1:]] += gaussian
+                if self.on_tiles is not None:
+                    self.on_tiles(start + len(batch), len(slicers))
+            torch.div(logits, n_predictions, out=logits)
+            if torch.any(torch.isinf(logits)):
+                raise RuntimeError("inf in the predicted logits (nnU-Net's fp16 accumulation overflowed)")
+            return logits
+
+    _TileBatchPredictor = TileBatchPredictor
+    return TileBatchPredictor
+
+
+_TileBatchPredictor = None
+
+
+def _make_nnunet_predictor(model: ModelSpec, device: torch.device, tile_step_size: float, use_mirroring: bool,
+                           tile_batch_size: int = 1):
     import nnunetv2.inference.predict_from_raw_data as nnunet_predict
 
     stock_lookup = nnunet_predict.recursive_find_trainer_class_by_name
     nnunet_predict.recursive_find_trainer_class_by_name = find_trainer_class
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
-            predictor = nnunet_predict.nnUNetPredictor(
+            predictor = _tile_batch_predictor_class()(
                 tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                 perform_everything_on_device=device.type == "cuda", device=device,
                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
             predictor.initialize_from_trained_model_folder(str(model.folder), model.folds, model.checkpoint)
     finally:
         nnunet_predict.recursive_find_trainer_class_by_name = stock_lookup
+    predictor.tile_batch_size = tile_batch_size
     return predictor
 
 
@@ -310,11 +366,12 @@ class TaskPredictor:
         self.ready = False
         self.parts: list[_Part] = []
         for m in spec.models:
-            predictor = _make_nnunet_predictor(m, self.device, spec.tile_step_size, spec.use_mirroring)
+            predictor = _make_nnunet_predictor(m, self.device, spec.tile_step_size, spec.use_mirroring,
+                                               spec.tile_batch_size)
             self.parts.append(_Part(m, predictor, _lut(m.label_map, m.model_labels, self.out_dtype)))
         self.locator: _Part | None = None
         if spec.kidney_crop and spec.locator is not None:
-            loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False)
+            loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False, spec.tile_batch_size)
             self.locator = _Part(spec.locator, loc, None)
 
     def min_crop_mm(self) -> tuple[float, float, float]:
@@ -399,8 +456,17 @@ class TaskPredictor:
         out = np.zeros(work[0].array.shape, dtype=self.out_dtype)
         n = len(self.parts)
         for i, part in enumerate(self.parts):
-            report("predict", 0.2 + 0.75 * i / n, f"model {i + 1}/{n} ({part.spec.folder.parent.name}) on {region}")
-            seg = part.segment(work)
+            what = f"model {i + 1}/{n} ({part.spec.folder.parent.name}) on {region}"
+            report("predict", 0.2 + 0.75 * i / n, what)
+
+            def on_tiles(done: int, total: int, i=i, what=what) -> None:
+                report("predict", 0.2 + 0.75 * (i + done / total) / n, f"{what}: tile {done}/{total}")
+
+            part.predictor.on_tiles = on_tiles
+            try:
+                seg = part.segment(work)
+            finally:
+                part.predictor.on_tiles = None
             mapped = part.lut[np.clip(seg, 0, len(part.lut) - 1)]
             np.copyto(out, mapped, where=mapped > 0)  # later parts win where parts overlap
         report("paste", 0.97, "pasting into the full grid" if box is not None else "done")

@@ -56,6 +56,7 @@ class TaskSpec:
     crop_margin_mm: float = 30.0
     tile_step_size: float = 0.5
     use_mirroring: bool = True
+    tile_batch_size: int = 1  # sliding-window tiles per forward pass (1 = nnU-Net's own loop)
 
 
 def _fail(source: Path, where: str, why: str) -> ValueError:
@@ -97,6 +98,12 @@ def _resolve_label(key: Any, table: dict[int, str], what: str) -> int:
     if key not in by_name:
         raise ValueError(f"{what} label {key!r} is not one of {sorted(by_name)}")
     return by_name[key]
+
+
+def _positive_int(value, source: Path, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(source, where, f"must be a positive integer, got {value!r}")
+    return value
 
 
 def _parse_labels(task: str, raw: dict, source: Path) -> dict[int, str]:
@@ -215,6 +222,7 @@ def _parse_task(name: str, raw: Any, defaults: dict, source: Path) -> TaskSpec:
         crop_margin_mm=float(raw.get("crop_margin_mm", settings.get("crop_margin_mm", 30.0))),
         tile_step_size=float(settings.get("tile_step_size", 0.5)),
         use_mirroring=bool(settings.get("use_mirroring", True)),
+        tile_batch_size=_positive_int(settings.get("tile_batch_size", 1), source, f"{where} settings.tile_batch_size"),
     )
 
 

@@ -2,6 +2,7 @@
 and the demo models' accuracy on held-out phantom cases (ground truth known voxel for voxel)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from medseg.labels import Label
 from medseg.phantom import make_phantom
+from medseg.progress import OperationCancelled
 from medseg.volumes import Volume, read_volume, write_volume
 from nnunet_svc.predict import (TaskPredictor, align_to_reference, crop_volume, find_trainer_class, kidney_region,
                                 segment_case)
@@ -203,6 +205,39 @@ def test_mask_equals_nnunet_cli_voxel_for_voxel(task, predictor, registry, tmp_p
         lut[m] = o
     assert theirs.any()
     np.testing.assert_array_equal(ours.array, lut[theirs])
+
+
+def test_batched_tiles_give_the_mask_of_one_tile_at_a_time_and_report_each_batch(registry):
+    spec = registry["tumor"]
+    assert spec.tile_batch_size > 1  # the committed setting; the CLI test above runs with it too
+    image = {"portal": small_case(1001).phases["portal"]}
+    one_at_a_time = TaskPredictor(dataclasses.replace(spec, tile_batch_size=1), CPU).predict(image, kidney_crop=False)
+    messages = []
+    batched = TaskPredictor(spec, CPU).predict(image, kidney_crop=False, progress=lambda *m: messages.append(m))
+    np.testing.assert_array_equal(batched.array, one_at_a_time.array)
+    tiles = [m for _, _, m in messages if ": tile " in m]
+    total = int(tiles[-1].rsplit("/", 1)[1])
+    assert total > spec.tile_batch_size and tiles[-1].endswith(f"tile {total}/{total}")
+    assert len(tiles) == -(-total // spec.tile_batch_size)  # one message per batch
+    fractions = [f for _, f, _ in messages]
+    assert fractions == sorted(fractions)
+
+
+def test_a_cancelled_prediction_stops_between_tile_batches(predictor):
+    image = {"portal": small_case(1001).phases["portal"]}
+    seen = []
+
+    def progress(stage, fraction, message):
+        seen.append(message)
+
+    def cancelled():  # the client goes away once the first batch of tiles is done
+        return any(": tile " in m for m in seen)
+
+    with pytest.raises(OperationCancelled, match="cancelled during predict"):
+        predictor("tumor").predict(image, kidney_crop=False, progress=progress, cancelled=cancelled)
+    batch = predictor("tumor").spec.tile_batch_size
+    assert [m for m in seen if ": tile " in m][-1].split("tile ")[1].startswith(f"{batch}/")  # stopped after one
+    assert predictor("tumor").predict(image, kidney_crop=False).array.any()  # still serves afterwards
 
 
 def test_segment_case_shares_phases_and_the_kidney_mask(predictor, registry):

@@ -96,6 +96,7 @@ def test_env_variable_selects_the_registry(tmp_path, monkeypatch):
         (lambda d: d["tasks"]["tumor"].update(structures=["kidney", "stone"]), "structure 'stone' is not in"),
         (lambda d: d["tasks"]["tumor"].update(models=[]), "`models` must be a non-empty list"),
         (lambda d: d.update(tasks={}), "non-empty `tasks`"),
+        (lambda d: d["settings"].update(tile_batch_size=0), "tile_batch_size: must be a positive integer"),
     ],
 )
 def test_bad_registry_names_the_problem(tmp_path, edit, message):
