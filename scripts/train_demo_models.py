@@ -50,14 +50,17 @@ TOTAL_PART1 = ("spleen", "kidney_right", "kidney_left", "liver")
 
 # task -> dataset id, folder name, input phases (channel order), output structures of the convention
 TASKS = {
-    # epochs: the schedules the committed demo models were trained with (25 iterations each)
+    # epochs, cases: the schedules the committed demo models were trained with (25 iterations each;
+    # 20 training cases unless given). tumor trains longer: its small label needs it for the
+    # full-image run to be free of false positives far from the kidneys.
     # left/right classes: no mirroring augmentation (as TotalSegmentator's NoMirroring trainers)
     "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=24, mirror=False),
     "total_part2": dict(id=902, name="TotalPart2", spacing=4.0, epochs=30, mirror=False),
     "vessels": dict(id=903, name="Vessels", spacing=3.0, epochs=12, phases=["arterial", "portal"],
                     structures=["kidney", "artery", "vein"]),
     "ureter": dict(id=904, name="Ureter", spacing=3.0, epochs=40, phases=["delayed"], structures=["kidney", "ureter"]),
-    "tumor": dict(id=905, name="Tumor", spacing=3.0, epochs=30, phases=["portal"], structures=["kidney", "tumor"]),
+    "tumor": dict(id=905, name="Tumor", spacing=3.0, epochs=90, cases=30, phases=["portal"],
+                  structures=["kidney", "tumor"]),
 }
 
 
@@ -184,6 +187,10 @@ def task_epochs(task: str, args) -> int:
     return args.epochs if args.epochs is not None else TASKS[task].get("epochs", 12)
 
 
+def task_cases(task: str, args) -> int:
+    return args.cases if args.cases is not None else TASKS[task].get("cases", 20)
+
+
 def make_demo_trainer(epochs: int, iterations: int, mirror: bool):
     import torch
     from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
@@ -259,8 +266,8 @@ def slim_export(task: str, fold_folder: Path, out_root: Path, args, seconds: flo
     record = {
         "trained_with": "DemoTrainer (scripts/train_demo_models.py): nnUNetTrainerAdam, lr 3e-3, "
                         "foreground oversampling 0.5, short schedule",
-        "epochs": task_epochs(task, args), "iterations_per_epoch": args.iterations, "training_cases": args.cases,
-        "phantom": {"fov_mm": FOV_MM, "spacing_mm": TASKS[task]["spacing"], "seeds": f"0..{args.cases - 1}"},
+        "epochs": task_epochs(task, args), "iterations_per_epoch": args.iterations, "training_cases": task_cases(task, args),
+        "phantom": {"fov_mm": FOV_MM, "spacing_mm": TASKS[task]["spacing"], "seeds": f"0..{task_cases(task, args) - 1}"},
         "network": {"stages": args.stages, "base_features": args.features, "patch": args.patch, "batch": args.batch},
         "train_seconds_cpu": round(seconds, 1),
         "final_train_loss": _plain((log.get("train_losses") or [None])[-1]),
@@ -309,7 +316,8 @@ def evaluate(seeds: list[int], args, registry_file: Path | None = None, tasks: l
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
-    ap.add_argument("--cases", type=int, default=20, help="training cases (phantom seeds 0..N-1)")
+    ap.add_argument("--cases", type=int, default=None,
+                    help="training cases, phantom seeds 0..N-1 (default: per task, as the committed models were trained)")
     ap.add_argument("--eval-spacing", type=float, default=3.0, help="held-out phantom spacing (mm)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default: per task, as the committed models were trained)")
     ap.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
@@ -341,8 +349,8 @@ def main() -> None:
 
     if not args.skip_train:
         cases_cache: dict = {}
-        seeds = list(range(args.cases))
         for task in tasks:
+            seeds = list(range(task_cases(task, args)))
             t0 = time.time()
             print(f"[{task}] writing raw dataset ({len(seeds)} cases)", flush=True)
             write_raw_dataset(task, seeds, Path(env_paths["nnUNet_raw"]), args, cases_cache)
