@@ -92,7 +92,7 @@ def compare_crop(registry, files: dict[str, Path], size) -> None:
     import torch
 
     from medseg.volumes import read_volume
-    from nnunet_svc.predict import TaskPredictor, grow_box
+    from nnunet_svc.predict import TaskPredictor
 
     results = {}
     for crop in (False, True):
@@ -103,11 +103,14 @@ def compare_crop(registry, files: dict[str, Path], size) -> None:
     tumor = TaskPredictor(registry["tumor"], torch.device("cpu"))
     portal = read_volume(files["portal"])
     box = tumor.locate_kidneys(portal)
-    box = grow_box(box, portal, tumor.min_crop_mm()) if box else None
-    frac = float(np.prod([s.stop - s.start for s in box])) / float(np.prod(size)) if box else 1.0
+    cropped, starts = tumor.parts[0].tile_crop(portal, box) if box else ((slice(None),) * 3, None)
+    frac = float(np.prod(portal.array[cropped].shape)) / float(np.prod(size))
+    n_crop = int(np.prod([len(s) for s in starts])) if starts else 0
+    n_full = len(tumor.parts[0].predictor._internal_get_sliding_window_slicers(portal.array.shape))
     print(f"[tumor] full image: {full['seconds']:.2f} s, peak RSS during predict {full['peak_rss_mb']:.0f} MB "
           f"(+{full['peak_rss_mb'] - full['rss_before_mb']:.0f} MB over the loaded service) | kidney crop "
-          f"({100 * frac:.0f}% of the voxels, located by the 4 mm locator): {crop['seconds']:.2f} s, peak RSS "
+          f"({100 * frac:.0f}% of the voxels, {n_crop} of {n_full} tiles, located by the 4 mm locator): "
+          f"{crop['seconds']:.2f} s, peak RSS "
           f"{crop['peak_rss_mb']:.0f} MB (+{crop['peak_rss_mb'] - crop['rss_before_mb']:.0f} MB) | time ratio "
           f"{full['seconds'] / crop['seconds']:.2f}x | extra-memory ratio "
           f"{(full['peak_rss_mb'] - full['rss_before_mb']) / max(1.0, crop['peak_rss_mb'] - crop['rss_before_mb']):.2f}x")

@@ -6,7 +6,8 @@ task that needs them. A TaskPredictor
   physical grid (linear resampling; no overlap -> ValueError),
 - optionally crops to the kidneys (+ margin) found from a kidney mask already at hand
   (`kidney_hint`) or from a cheap low-resolution locator model, so the expensive full-resolution
-  network only sees the region that matters,
+  network only sees the region that matters; the crop is made of the very tiles nnU-Net would place
+  there on the full image, so the cropped result agrees with the full-image one,
 - runs every part model through `nnUNetPredictor.predict_single_npy_array` (nnU-Net's own
   preprocessing, sliding window and resampling back), maps each model's labels onto the task's
   output table, merges parts, and pastes the crop back into the full grid.
@@ -19,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -162,24 +165,6 @@ def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterabl
             slice(int(start[0]), int(stop[0])))
 
 
-def grow_box(box: tuple[slice, slice, slice], reference: Volume, min_mm: tuple[float, float, float]
-             ) -> tuple[slice, slice, slice]:
-    """Widen a (z, y, x) index box symmetrically to at least `min_mm` per axis, kept inside the image."""
-    shape = reference.array.shape
-    spacing_zyx = reference.spacing[::-1]
-    out = []
-    for axis, s in enumerate(box):
-        need = min(shape[axis], int(np.ceil(min_mm[axis] / spacing_zyx[axis])))
-        start, stop = s.start, s.stop
-        if stop - start < need:
-            grow = need - (stop - start)
-            start = max(0, start - grow // 2)
-            stop = min(shape[axis], start + need)
-            start = max(0, stop - need)
-        out.append(slice(start, stop))
-    return tuple(out)
-
-
 def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
     """Sub-volume with its origin moved so every voxel keeps its physical position."""
     start_xyz = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
@@ -244,6 +229,17 @@ def _tile_batch_predictor_class():
         """
         tile_batch_size: int = 1
         on_tiles: Callable[[int, int], None] | None = None
+        tile_starts: list[list[int]] | None = None  # per network axis; None: nnU-Net's own tiling
+
+        def _internal_get_sliding_window_slicers(self, image_size):
+            if self.tile_starts is None:
+                return super()._internal_get_sliding_window_slicers(image_size)
+            patch = [int(p) for p in self.configuration_manager.patch_size]
+            per_axis = [sorted({min(s, size - p) for s in starts})
+                        for starts, size, p in zip(self.tile_starts, image_size, patch)]
+            # nnU-Net's order (x outermost), so the fp16 sums run in the same order as on the full image
+            return [(slice(None), *[slice(s, s + p) for s, p in zip(corner, patch)])
+                    for corner in itertools.product(*per_axis)]
 
         @torch.inference_mode()
         def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
@@ -307,8 +303,48 @@ class _Part:
     def reader_name(self) -> str:
         return self.predictor.plans_manager.image_reader_writer_class.__name__
 
-    def segment(self, channels: list[Volume]) -> np.ndarray:
-        """nnU-Net label map on the channels' common grid (z, y, x)."""
+    def tile_crop(self, reference: Volume, box: tuple[slice, slice, slice]
+                  ) -> tuple[tuple[slice, slice, slice], list[list[int]] | None]:
+        """The crop (a z, y, x index box on `reference`) made of the whole network tiles nnU-Net
+        places over `box` when it segments the full image, and those tiles' starts on the crop's
+        network grid (None when the model's reader may reorient, so nnU-Net tiles the crop itself).
+
+        Every tile that covers a voxel of `box` on the full image is one of them, so inside `box`
+        the crop gets the full image's logits: exactly when the image is at the model's spacing
+        (nothing is resampled), to within interpolation otherwise. A crop is never smaller than
+        one patch, so the network never sees padding the full image would not have.
+        """
+        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+        pm, cm = self.predictor.plans_manager, self.predictor.configuration_manager
+        forward = list(pm.transpose_forward)
+        shape = [reference.array.shape[i] for i in forward]
+        spacing = [reference.spacing[::-1][i] for i in forward]
+        net_shape = compute_new_shape(shape, [abs(x) for x in spacing], cm.spacing)
+        patch = [int(p) for p in cm.patch_size]
+        steps = compute_steps_for_sliding_window([max(n, p) for n, p in zip(net_shape, patch)], patch,
+                                                 self.predictor.tile_step_size)
+        crop, starts = [], []
+        for axis, i in enumerate(forward):
+            scale = net_shape[axis] / shape[axis]  # network voxels per input voxel
+            lo, hi = math.floor(box[i].start * scale), math.ceil(box[i].stop * scale)
+            chosen = [s for s in steps[axis] if s < hi and s + patch[axis] > lo]
+            net_lo, net_hi = chosen[0], chosen[-1] + patch[axis]
+            crop.append(slice(max(0, math.floor(net_lo / scale)), min(shape[axis], math.ceil(net_hi / scale))))
+            starts.append([s - net_lo for s in chosen])
+        crop_zyx = tuple(crop[forward.index(i)] for i in range(3))
+        return crop_zyx, (starts if self.reader_name == "SimpleITKIO" else None)
+
+    def segment(self, channels: list[Volume], tile_starts: list[list[int]] | None = None) -> np.ndarray:
+        """nnU-Net label map on the channels' common grid (z, y, x); `tile_starts` as tile_crop gives."""
+        self.predictor.tile_starts = tile_starts
+        try:
+            return self._segment(channels)
+        finally:
+            self.predictor.tile_starts = None
+
+    def _segment(self, channels: list[Volume]) -> np.ndarray:
         if self.reader_name == "SimpleITKIO":
             # Same array and properties SimpleITKIO.read_images would give for these images.
             data = np.stack([c.array for c in channels]).astype(np.float32, copy=False)
@@ -374,16 +410,6 @@ class TaskPredictor:
             loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False, spec.tile_batch_size)
             self.locator = _Part(spec.locator, loc, None)
 
-    def min_crop_mm(self) -> tuple[float, float, float]:
-        """Smallest crop (z, y, x mm) that still holds one whole network patch of every model: a
-        crop smaller than a patch is padded with values the network never saw next to the body."""
-        extent = np.zeros(3)
-        for part in self.parts:
-            cm, pm = part.predictor.configuration_manager, part.predictor.plans_manager
-            patch_mm = np.asarray(cm.patch_size, float) * np.asarray(cm.spacing, float)
-            extent = np.maximum(extent, patch_mm[list(pm.transpose_backward)])
-        return tuple(float(e) for e in extent)
-
     def describe(self) -> dict:
         """What ListModels reports for this task."""
         return {
@@ -445,17 +471,18 @@ class TaskPredictor:
             report("locate", 0.1, "finding the kidneys" + (" from the given mask" if kidney_hint is not None
                                                           else " with the low-resolution locator"))
             box = self.locate_kidneys(reference, kidney_hint)
-        if box is not None:
-            box = grow_box(box, reference, self.min_crop_mm())
-            work = [crop_volume(c, box) for c in channels]
-            crop_size = work[0].size
-            region = f"kidney crop {crop_size} of {reference.size}"
-        else:
-            work = channels
-            region = f"full image {reference.size}"
-        out = np.zeros(work[0].array.shape, dtype=self.out_dtype)
+        out = np.zeros(reference.array.shape, dtype=self.out_dtype)
+        regions = []
         n = len(self.parts)
         for i, part in enumerate(self.parts):
+            if box is None:
+                crop, tile_starts, work = (slice(None),) * 3, None, channels
+                region = f"full image {reference.size}"
+            else:
+                crop, tile_starts = part.tile_crop(reference, box)
+                work = [crop_volume(c, crop) for c in channels]
+                region = f"kidney crop {work[0].size} of {reference.size}"
+            regions.append(region)
             what = f"model {i + 1}/{n} ({part.spec.folder.parent.name}) on {region}"
             report("predict", 0.2 + 0.75 * i / n, what)
 
@@ -464,19 +491,14 @@ class TaskPredictor:
 
             part.predictor.on_tiles = on_tiles
             try:
-                seg = part.segment(work)
+                seg = part.segment(work, tile_starts)
             finally:
                 part.predictor.on_tiles = None
             mapped = part.lut[np.clip(seg, 0, len(part.lut) - 1)]
-            np.copyto(out, mapped, where=mapped > 0)  # later parts win where parts overlap
-        report("paste", 0.97, "pasting into the full grid" if box is not None else "done")
-        if box is not None:
-            full = np.zeros(reference.array.shape, dtype=self.out_dtype)
-            full[box] = out
-            out = full
+            np.copyto(out[crop], mapped, where=mapped > 0)  # later parts win where parts overlap; crops paste back
         mask = reference.with_array(out, labels=dict(self.spec.labels))
         if progress is not None:
-            progress("done", 1.0, region)
+            progress("done", 1.0, "; ".join(sorted(set(regions))))
         return mask
 
 
