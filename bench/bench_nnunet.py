@@ -9,7 +9,8 @@ models/registry.yaml:
 2. one SegmentCase-style pass over four tasks (each phase read once, `tumor` cropped with the
    kidney mask `total` already produced) vs four separate calls (each reads its own phases, `tumor`
    finds the kidneys with its locator);
-3. `tumor` with and without the kidney crop, each in a fresh subprocess: predict time and peak RSS.
+3. `tumor` on the full image, on the kidney crop found by the locator, and on the crop found from a
+   `total` mask at hand, each in a fresh subprocess: predict time and peak RSS.
 
 Usage: .venv/bin/python bench/bench_nnunet.py [--spacing 3.0] [--seed 2000] [--repeats 3]
 """
@@ -66,21 +67,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def crop_child(portal: str, crop: bool) -> None:
-    """Runs in a fresh process: load + warm `tumor`, then one timed prediction."""
+CROP_MODES = {"full": "full image", "located": "crop from the 4 mm locator (its pass timed too)",
+              "hinted": "crop from the `total` mask already computed (as in SegmentCase)"}
+
+
+def crop_child(portal: str, mode: str) -> None:
+    """Runs in a fresh process: load + warm `tumor`, then one timed prediction in `mode`."""
     import torch
 
     from medseg.volumes import read_volume
     from nnunet_svc.predict import TaskPredictor
     from nnunet_svc.registry import load_registry
 
-    p = TaskPredictor(load_registry()["tumor"], torch.device("cpu"))
+    registry = load_registry()
+    p = TaskPredictor(registry["tumor"], torch.device("cpu"))
     p.warm_up()
     image = read_volume(portal)
+    hint = TaskPredictor(registry["total"], torch.device("cpu")).predict({"portal": image}) if mode == "hinted" else None
     before = rss_mb()
     reset_peak_rss()  # count the prediction's peak, not start-up's
     t = time.perf_counter()
-    p.predict({"portal": image}, kidney_crop=crop)
+    p.predict({"portal": image}, kidney_crop=mode != "full", kidney_hint=hint)
     seconds = time.perf_counter() - t
     peak = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak}))
@@ -95,11 +102,10 @@ def compare_crop(registry, files: dict[str, Path], size) -> None:
     from nnunet_svc.predict import TaskPredictor
 
     results = {}
-    for crop in (False, True):
-        out = subprocess.run([sys.executable, __file__, "--crop-child", str(files["portal"]), "1" if crop else "0"],
+    for mode in CROP_MODES:
+        out = subprocess.run([sys.executable, __file__, "--crop-child", str(files["portal"]), mode],
                              check=True, capture_output=True, text=True)
-        results[crop] = json.loads(out.stdout.strip().splitlines()[-1])
-    full, crop = results[False], results[True]
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     tumor = TaskPredictor(registry["tumor"], torch.device("cpu"))
     portal = read_volume(files["portal"])
     box = tumor.locate_kidneys(portal)
@@ -107,13 +113,17 @@ def compare_crop(registry, files: dict[str, Path], size) -> None:
     frac = float(np.prod(portal.array[cropped].shape)) / float(np.prod(size))
     n_crop = int(np.prod([len(s) for s in starts])) if starts else 0
     n_full = len(tumor.parts[0].predictor._internal_get_sliding_window_slicers(portal.array.shape))
-    print(f"[tumor] full image: {full['seconds']:.2f} s, peak RSS during predict {full['peak_rss_mb']:.0f} MB "
-          f"(+{full['peak_rss_mb'] - full['rss_before_mb']:.0f} MB over the loaded service) | kidney crop "
-          f"({100 * frac:.0f}% of the voxels, {n_crop} of {n_full} tiles, located by the 4 mm locator): "
-          f"{crop['seconds']:.2f} s, peak RSS "
-          f"{crop['peak_rss_mb']:.0f} MB (+{crop['peak_rss_mb'] - crop['rss_before_mb']:.0f} MB) | time ratio "
-          f"{full['seconds'] / crop['seconds']:.2f}x | extra-memory ratio "
-          f"{(full['peak_rss_mb'] - full['rss_before_mb']) / max(1.0, crop['peak_rss_mb'] - crop['rss_before_mb']):.2f}x")
+    print(f"[tumor] kidney crop: {100 * frac:.0f}% of the voxels, {n_crop} of {n_full} network tiles")
+    full = results["full"]
+    for mode, what in CROP_MODES.items():
+        r = results[mode]
+        extra = r["peak_rss_mb"] - r["rss_before_mb"]
+        line = (f"[tumor] {what}: {r['seconds']:.2f} s, peak RSS during predict {r['peak_rss_mb']:.0f} MB "
+                f"(+{extra:.0f} MB over the loaded service)")
+        if mode != "full":
+            line += (f" | vs full image: time ratio {full['seconds'] / r['seconds']:.2f}x, extra-memory ratio "
+                     f"{(full['peak_rss_mb'] - full['rss_before_mb']) / max(1.0, extra):.2f}x")
+        print(line)
 
 
 def main() -> None:
@@ -123,10 +133,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--task", default="tumor", help="task for the CLI comparison")
     ap.add_argument("--only-crop", action="store_true", help="run only the kidney-crop comparison")
-    ap.add_argument("--crop-child", nargs=2, metavar=("PORTAL", "CROP"), help=argparse.SUPPRESS)
+    ap.add_argument("--crop-child", nargs=2, metavar=("PORTAL", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.crop_child:
-        crop_child(args.crop_child[0], args.crop_child[1] == "1")
+        crop_child(*args.crop_child)
         return
 
     import numpy as np

@@ -121,10 +121,10 @@ def kidney_voxels(mask: Volume, kidney_labels: Iterable[int] | None = None) -> n
 
 def keep_kidney_components(kidneys: np.ndarray, voxel_mm3: float, max_kidneys: int = 2,
                            min_fraction: float = 0.2) -> np.ndarray:
-    """The (at most two) large connected kidney blobs of a coarse locator mask.
+    """The (at most two) large connected kidney blobs of a kidney mask (the locator's or another task's).
 
-    A cheap low-resolution model leaves specks elsewhere; one speck would stretch the bounding box
-    over the whole image. Blobs smaller than `min_fraction` of the largest are dropped.
+    A model leaves specks elsewhere (a cheap low-resolution one more so); one speck would stretch
+    the bounding box over the whole image. Blobs smaller than `min_fraction` of the largest are dropped.
     """
     from scipy import ndimage
 
@@ -444,15 +444,15 @@ class TaskPredictor:
 
     def locate_kidneys(self, reference: Volume, kidney_hint: Volume | None = None) -> tuple[slice, slice, slice] | None:
         """Kidney box on the reference grid: from the hint when given, else from the locator model."""
-        margin = self.spec.crop_margin_mm
         if kidney_hint is not None:
-            return kidney_region(reference, kidney_hint, None, margin)
-        if self.locator is None:
+            source, kidneys = kidney_hint, kidney_voxels(kidney_hint)
+        elif self.locator is not None:
+            source, kidneys = reference, np.isin(self.locator.segment([reference]), self.spec.locator_kidney_labels)
+        else:
             return None
-        seg = self.locator.segment([reference])
-        kidneys = keep_kidney_components(np.isin(seg, self.spec.locator_kidney_labels), reference.voxel_volume_mm3)
-        mask = reference.with_array(kidneys.astype(np.uint8), labels={0: "background", 1: "kidney"})
-        return kidney_region(reference, mask, [1], margin)
+        kidneys = keep_kidney_components(kidneys, source.voxel_volume_mm3)
+        mask = source.with_array(kidneys.astype(np.uint8), labels={0: "background", 1: "kidney"})
+        return kidney_region(reference, mask, [1], self.spec.crop_margin_mm)
 
     def predict(self, phases: dict[str, Volume], *, kidney_crop: bool = True, kidney_hint: Volume | None = None,
                 progress: Progress | None = None, cancelled: Cancelled | None = None) -> Volume:

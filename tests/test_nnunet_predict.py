@@ -110,6 +110,18 @@ def test_kidney_region_carries_a_box_across_grids():
     assert kidney_region(reference, empty) is None
 
 
+def test_a_kidney_hint_speck_far_from_the_kidneys_does_not_stretch_the_crop(predictor):
+    reference = Volume(np.zeros((60, 70, 80), np.int16), (3.0, 3.0, 3.0), (0.0, 0.0, 0.0))
+    hint = Volume(np.zeros((60, 70, 80), np.uint8), (3.0, 3.0, 3.0), (0.0, 0.0, 0.0),
+                  labels={0: "background", 2: "kidney_right", 3: "kidney_left"})
+    hint.array[20:35, 30:40, 10:22] = 2
+    hint.array[20:35, 30:40, 55:67] = 3
+    clean = predictor("tumor").locate_kidneys(reference, hint)
+    hint.array[55:57, 2:4, 40:42] = 3  # a false-positive speck, as a model leaves
+    assert predictor("tumor").locate_kidneys(reference, hint) == clean
+    assert clean[0].stop - clean[0].start < 60
+
+
 def test_crop_volume_keeps_every_voxel_in_place():
     vol = sample_ramp((20, 16, 12), (1.5, 2.0, 2.5), (10.0, -5.0, 3.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
     box = (slice(2, 9), slice(3, 12), slice(5, 17))
