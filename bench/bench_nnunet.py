@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,16 +140,32 @@ def main() -> None:
         crop_child(*args.crop_child)
         return
 
-    import numpy as np
-    import SimpleITK as sitk
-    import torch
-
-    from medseg.volumes import read_volume
-    from nnunet_svc.predict import TaskPredictor
     from nnunet_svc.registry import load_registry
 
     registry = load_registry()
     tmp = Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
+    try:
+        run(args, registry, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# the SDK's input roles per task (the service's request fields), and the phase file each reads
+ROLES = {"total": {"ct": "portal"}, "tumor": {"ct": "portal"}, "ureter": {"delayed": "delayed"},
+         "vessels": {"arterial": "arterial", "portal": "portal"}}
+
+
+def run(args, registry, tmp: Path) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from medseg.client import Client, Ref
+    from medseg.serving.config import ServerConfig
+    from medseg.volumes import read_volume
+    from nnunet_svc.predict import TaskPredictor
+    from nnunet_svc.server import create_server
+
     files = make_case(args.seed, args.spacing, tmp / "case")
     size = read_volume(files["portal"]).size
     print(f"phantom seed {args.seed}: {size} voxels at {args.spacing} mm; torch threads {torch.get_num_threads()}, "
@@ -165,6 +182,10 @@ def main() -> None:
     for p in predictors.values():
         p.warm_up()
     print(f"start-up: {len(predictors)} tasks loaded and warmed in {time.perf_counter() - t:.1f} s")
+    server, servicer = create_server(ServerConfig(service="nnunet", data_root=tmp, port=0))
+    server.start()
+    servicer.load(on_ready=lambda: server.set_serving(True))
+    client = Client(f"127.0.0.1:{server.port}", timeout=600)
     one_tile = TaskPredictor(dataclasses.replace(spec, tile_batch_size=1), torch.device("cpu"))
     one_tile.warm_up()
 
@@ -202,9 +223,24 @@ def main() -> None:
         for m, o in model.label_map.items():
             lut[m] = o
         same = np.array_equal(ours.array, lut[theirs])
-        print(f"[{args.task}] {label} {ours.size}: warm service predict, crop off (median of {args.repeats}): "
+        print(f"[{args.task}] {label} {ours.size}: warm in-process predict, crop off (median of {args.repeats}): "
               f"{warm_s:.2f} s | nnUNetv2_predict_from_modelfolder, same settings, one case incl. start-up and "
               f"model load: {cli_s:.2f} s | ratio {cli_s / warm_s:.1f}x | masks identical: {same}")
+        # the same through the running service: a gRPC call by reference reads and writes files, as the CLI does
+        call = getattr(client, f"segment_{args.task}")
+        refs = {role: Ref(str(files[phase].relative_to(tmp))) for role, phase in ROLES[args.task].items()}
+        options = {} if args.task == "total" else {"kidney_crop": False}
+        output = f"{out_dir.name}/service_{args.task}.nii.gz"
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            call(**refs, output=output, **options)
+            times.append(time.perf_counter() - t)
+        call_s = statistics.median(times)
+        served = read_volume(tmp / output)
+        print(f"[{args.task}] {label} {ours.size}: warm service gRPC call by reference (reads and writes files), "
+              f"crop off (median of {args.repeats}): {call_s:.2f} s | vs the CLI: ratio {cli_s / call_s:.1f}x | "
+              f"masks identical: {np.array_equal(served.array, lut[theirs])}")
         if crop:
             t = time.perf_counter()
             predictors[args.task].predict(phases, kidney_crop=True)
@@ -243,6 +279,8 @@ def main() -> None:
     print(f"[case] four tasks, phases read once + kidney mask shared: {shared_s:.2f} s | four separate calls: "
           f"{separate_s:.2f} s | ratio {separate_s / shared_s:.2f}x")
 
+    client.close()
+    server.stop(drain_seconds=0, grace=0)
     compare_crop(registry, files, size)
 
 
