@@ -331,7 +331,11 @@ class _Part:
             lo, hi = math.floor(box[i].start * scale), math.ceil(box[i].stop * scale)
             chosen = [s for s in steps[axis] if s < hi and s + patch[axis] > lo]
             net_lo, net_hi = chosen[0], chosen[-1] + patch[axis]
-            crop.append(slice(max(0, math.floor(net_lo / scale)), min(shape[axis], math.ceil(net_hi / scale))))
+            # round, not floor/ceil: the crop's resampled grid then lands within half an input voxel
+            # of the full image's and holds as many network voxels as the tiles span
+            length = round((net_hi - net_lo) / scale)
+            start = min(max(0, round(net_lo / scale)), max(0, shape[axis] - length))
+            crop.append(slice(start, min(shape[axis], max(box[i].stop, start + length))))
             starts.append([s - net_lo for s in chosen])
         crop_zyx = tuple(crop[forward.index(i)] for i in range(3))
         return crop_zyx, (starts if self.reader_name == "SimpleITKIO" else None)

@@ -339,6 +339,16 @@ def test_kidney_crop_agrees_with_the_full_image(predictor):
     assert np.array_equal(runs["located"].array[box], runs["full"].array[box])
 
 
+@pytest.mark.slow
+def test_kidney_crop_agrees_with_the_full_image_when_nnunet_resamples(predictor):
+    case = full_case(1003, spacing=2.5)  # the model is at 3 mm: nnU-Net resamples the crop and the image
+    image = {"portal": case.phases["portal"]}
+    p = predictor("tumor")
+    full, cropped = p.predict(image, kidney_crop=False), p.predict(image, kidney_crop=True)
+    for value in (Label.KIDNEY, Label.TUMOR):
+        assert dice(cropped.array == value, full.array == value) >= 0.99, value
+
+
 # Targets from the issue; the slim demo models are trained by scripts/train_demo_models.py.
 TARGETS = {"tumor": {"kidney": 0.90, "tumor": 0.75}, "vessels": {"kidney": 0.90, "artery": 0.80, "vein": 0.80},
            "ureter": {"kidney": 0.90, "ureter": 0.75}}
