@@ -311,7 +311,8 @@ class _Part:
 
         Every tile that covers a voxel of `box` on the full image is one of them, so inside `box`
         the crop gets the full image's logits: exactly when the image is at the model's spacing
-        (nothing is resampled), to within interpolation otherwise. A crop is never smaller than
+        (nothing is resampled) and nnU-Net's crop to non-zero voxels keeps the whole image (CT: air
+        is -1000, not 0), to within interpolation otherwise. A crop is never smaller than
         one patch, so the network never sees padding the full image would not have.
         """
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
