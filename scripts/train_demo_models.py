@@ -54,7 +54,7 @@ TASKS = {
     # 20 training cases unless given). tumor trains longer: its small label needs it for the
     # full-image run to be free of false positives far from the kidneys.
     # left/right classes: no mirroring augmentation (as TotalSegmentator's NoMirroring trainers)
-    "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=24, mirror=False),
+    "total_part1": dict(id=901, name="TotalPart1", spacing=4.0, epochs=90, mirror=False),
     "total_part2": dict(id=902, name="TotalPart2", spacing=4.0, epochs=90, mirror=False),
     "vessels": dict(id=903, name="Vessels", spacing=3.0, epochs=12, phases=["arterial", "portal"],
                     structures=["kidney", "artery", "vein"]),
