@@ -341,13 +341,15 @@ class _Part:
         crop_zyx = tuple(crop[forward.index(i)] for i in range(3))
         return crop_zyx, (starts if self.reader_name == "SimpleITKIO" else None)
 
-    def segment(self, channels: list[Volume], tile_starts: list[list[int]] | None = None) -> np.ndarray:
-        """nnU-Net label map on the channels' common grid (z, y, x); `tile_starts` as tile_crop gives."""
-        self.predictor.tile_starts = tile_starts
+    def segment(self, channels: list[Volume], tile_starts: list[list[int]] | None = None,
+                on_tiles: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """nnU-Net label map on the channels' common grid (z, y, x); `tile_starts` as tile_crop gives,
+        `on_tiles(done, total)` after every batch of tiles. Both hold for this call only."""
+        self.predictor.tile_starts, self.predictor.on_tiles = tile_starts, on_tiles
         try:
             return self._segment(channels)
         finally:
-            self.predictor.tile_starts = None
+            self.predictor.tile_starts, self.predictor.on_tiles = None, None
 
     def _segment(self, channels: list[Volume]) -> np.ndarray:
         if self.reader_name == "SimpleITKIO":
@@ -494,11 +496,7 @@ class TaskPredictor:
             def on_tiles(done: int, total: int, i=i, what=what) -> None:
                 report("predict", 0.2 + 0.75 * (i + done / total) / n, f"{what}: tile {done}/{total}")
 
-            part.predictor.on_tiles = on_tiles
-            try:
-                seg = part.segment(work, tile_starts)
-            finally:
-                part.predictor.on_tiles = None
+            seg = part.segment(work, tile_starts, on_tiles)
             mapped = part.lut[np.clip(seg, 0, len(part.lut) - 1)]
             np.copyto(out[crop], mapped, where=mapped > 0)  # later parts win where parts overlap; crops paste back
         mask = reference.with_array(out, labels=dict(self.spec.labels))
