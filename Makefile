@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
-GEN_DIR := clients/python
+GEN_DIR := python
 DESCRIPTOR := gateway_envoy/medseg.pb
 
 
@@ -22,7 +22,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r nnunet_svc/requirements.txt -r smoothing_svc/requirements.txt \
 	    -r postprocess_svc/requirements.txt -r requirements-dev.txt
-	$(BIN)/pip install -q -e clients/python
+	$(BIN)/pip install -q -e "python[server]"
 	$(MAKE) --no-print-directory protos
 
 protos:

@@ -7,7 +7,7 @@
     .venv/bin/python gateway_envoy/stack.py logs [-f] [name ...]
 
 `up` renders run/envoy.yaml and run/supervisord.conf from the templates next to this file
-(ports from medseg.stack, env MEDSEG_<NAME>_PORT), starts supervisord in the background and
+(ports from medseg.addresses, env MEDSEG_<NAME>_PORT), starts supervisord in the background and
 waits until every started service answers SERVING through the gateway. `make up`, the
 integration tests and the benchmarks all go through `Stack` below.
 
@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from medseg import stack as ports_config
+from medseg import addresses
 from medseg.client import Client
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-SERVICES = ports_config.SERVICES
+SERVICES = addresses.SERVICES
 PROGRAMS = ("envoy",) + SERVICES
 DEFAULT_UP_TIMEOUT = 300.0
 # supervisord's wait before SIGKILL: above the servers' drain + grace (6 s + 10 s by default).
@@ -79,7 +79,7 @@ def _grpc_stats_services() -> str:
     pool = descriptor_pool.Default()
     lines = []
     for name in SERVICES:
-        service = pool.FindServiceByName(ports_config.SERVICE_NAMES[name])
+        service = pool.FindServiceByName(addresses.SERVICE_NAMES[name])
         methods = ", ".join(m.name for m in service.methods)
         lines.append(f"                - {{ name: {service.full_name}, method_names: [{methods}] }}")
     return "\n".join(lines)
@@ -96,7 +96,7 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 class Stack:
     """One local stack: its run folder (configs, logs, supervisor socket), data root,
-    ports and the services it starts. Ports are read from medseg.stack (env overrides)
+    ports and the services it starts. Ports are read from medseg.addresses (env overrides)
     when the Stack is created."""
 
     def __init__(self, run_dir: str | Path | None = None, data_root: str | Path | None = None,
@@ -111,7 +111,7 @@ class Stack:
         if unknown:
             raise StackError(f"unknown service(s) {unknown}; expected some of {list(SERVICES)}")
         self.services = tuple(s for s in SERVICES if s in set(services))
-        self.ports = {name: ports_config.port(name) for name in ("gateway", "admin") + SERVICES}
+        self.ports = {name: addresses.port(name) for name in ("gateway", "admin") + SERVICES}
         self.ports.update(ports or {})
         self.extra_env = dict(extra_env or {})
         self.hosts = {name: os.environ.get(f"MEDSEG_{name.upper()}_HOST", "127.0.0.1")
@@ -155,7 +155,7 @@ class Stack:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         values = {f"{name}_port": port for name, port in self.ports.items()}
         values.update({f"{name}_host": host for name, host in self.hosts.items()})
-        values.update({f"{name}_service": ports_config.SERVICE_NAMES[name] for name in SERVICES})
+        values.update({f"{name}_service": addresses.SERVICE_NAMES[name] for name in SERVICES})
         values.update({f"{name}_autostart": str(name in self.services).lower() for name in SERVICES})
         values.update(
             grpc_stats_services=_grpc_stats_services(),

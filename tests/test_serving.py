@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from medseg import stack
+from medseg import addresses
 from medseg.client import Client, Ref
 from medseg.postprocess.v1 import postprocess_pb2 as pp
 from medseg.serving.config import ServerConfig
@@ -106,7 +106,7 @@ def test_running_job_sees_cancellation():
 
 def test_health_is_not_serving_until_ready_and_after_shutdown(tmp_path):
     srv = create_server(ServerConfig(service="postprocess", data_root=tmp_path, port=0)).start()
-    name = stack.SERVICE_NAMES["postprocess"]
+    name = addresses.SERVICE_NAMES["postprocess"]
     with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         check = lambda: health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
@@ -125,7 +125,7 @@ def test_reflection_describes_all_three_services(server):
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         [reply] = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for s in reply.list_services_response.service}
-    assert set(stack.SERVICE_NAMES.values()) <= names
+    assert set(addresses.SERVICE_NAMES.values()) <= names
 
 
 # --- status mapping through a real server -----------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from medseg import stack as stack_config
+from medseg import addresses
 from medseg.client import Client
 from medseg.labels import Label
 from medseg.nnunet.v1 import nnunet_pb2  # noqa: F401  (registers the descriptors)
@@ -28,7 +28,7 @@ from medseg.volumes import Volume, write_volume
 
 pytestmark = pytest.mark.integration
 
-SERVICE_NAMES = stack_config.SERVICE_NAMES
+SERVICE_NAMES = addresses.SERVICE_NAMES
 
 
 def grpcurl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Union
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from medseg import codec, stack
+from medseg import addresses, codec
 from medseg.nnunet.v1 import nnunet_pb2 as nn
 from medseg.nnunet.v1 import nnunet_pb2_grpc
 from medseg.postprocess.v1 import postprocess_pb2 as pp
@@ -83,7 +83,7 @@ def output_options(output: str | None = None, inline: bool | None = None) -> vpb
 class Client:
     def __init__(self, target: str | None = None, timeout: float | None = None,
                  max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES):
-        self.target = target or stack.gateway_address()
+        self.target = target or addresses.gateway_address()
         self.timeout = timeout
         self.max_volume_bytes = max_volume_bytes
         self.channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
@@ -236,10 +236,10 @@ class Client:
         or the error that prevented the check."""
         stub = health_pb2_grpc.HealthStub(self.channel)
         states = {}
-        for short, full in stack.SERVICE_NAMES.items():
+        for short, full in addresses.SERVICE_NAMES.items():
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=full), timeout=timeout,
-                                   metadata=[(stack.HEALTH_ROUTE_HEADER, short)])
+                                   metadata=[(addresses.HEALTH_ROUTE_HEADER, short)])
                 states[short] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.RpcError as exc:
                 states[short] = f"{exc.code().name}: {exc.details()}"

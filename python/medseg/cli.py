@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from medseg import stack
+from medseg import addresses
 from medseg.client import Client, Ref
 from medseg.nnunet.v1 import nnunet_pb2 as nn
 from medseg.smoothing.v1 import smoothing_pb2 as sm
@@ -250,7 +250,7 @@ def _add_io(parser: argparse.ArgumentParser, output_help: str = "output file") -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg", description=__doc__)
-    parser.add_argument("--gateway", default=stack.gateway_address(),
+    parser.add_argument("--gateway", default=addresses.gateway_address(),
                         help="gateway HOST:PORT (default %(default)s; env MEDSEG_GATEWAY)")
     parser.add_argument("--timeout", type=float, default=None, help="deadline per call, seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress display")

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg import stack
+from medseg import addresses
 from medseg.codec import DEFAULT_MAX_VOLUME_BYTES
 
 
@@ -44,7 +44,7 @@ class ServerConfig:
             service=service,
             data_root=Path(_env("MEDSEG_DATA_ROOT", "data")).resolve(),
             host=_env(f"MEDSEG_{up}_HOST", "127.0.0.1"),
-            port=stack.port(service),
+            port=addresses.port(service),
             max_volume_bytes=_env("MEDSEG_MAX_VOLUME_BYTES", DEFAULT_MAX_VOLUME_BYTES, int),
             compute_workers=_env(f"MEDSEG_{up}_WORKERS", default_workers, int),
             queue_capacity=_env(f"MEDSEG_{up}_QUEUE", 8, int),
