@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from medseg.codec import DigestMismatch, VolumeTooLarge
+from medseg.params import ParameterError
 from medseg.progress import OperationCancelled
 
 log = logging.getLogger("medseg.serving")
@@ -61,15 +62,29 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident}; see server log)"
 
 
+def _field_violation(exc: BaseException) -> tuple[str, str] | None:
+    """(field path, reason) of a bad-input error: a science function's ParameterError names
+    its parameter, which every request carries under `params`."""
+    if isinstance(exc, FieldError):
+        return exc.field, exc.description
+    if isinstance(exc, ParameterError):
+        return f"params.{exc.name}", exc.reason
+    return None
+
+
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     code, message = status_of(exc)
     if code is not grpc.StatusCode.INTERNAL:
         log.info("%s: %s", code.name, message)
     details = []
-    if isinstance(exc, FieldError):
+    violation = _field_violation(exc)
+    if violation is not None:
+        field, description = violation
+        if isinstance(exc, ParameterError):
+            message = f"{field}: {description}"
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)]))
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]))
         details.append(detail)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     context.abort_with_status(rpc_status.to_status(status))
