@@ -249,6 +249,7 @@ def run(args, registry, tmp: Path) -> None:
                   f"{crop_s:.2f} s | ratio vs the CLI {cli_s / crop_s:.1f}x")
 
     compare_with_cli(files, "whole-body image", crop=True)
+    from medseg.labels import PHASES
     from medseg.phantom import make_phantom
 
     # 240 x 162 x 162 mm around the kidneys
@@ -261,7 +262,7 @@ def run(args, registry, tmp: Path) -> None:
     order = ["total", "vessels", "ureter", "tumor"]
 
     def shared_case() -> None:
-        read = {p: read_volume(files[p]) for p in ("arterial", "portal", "delayed")}
+        read = {p: read_volume(files[p]) for p in PHASES}
         total = predictors["total"].predict({"portal": read["portal"]})
         for name in order[1:]:
             predictors[name].predict({p: read[p] for p in registry[name].phases}, kidney_hint=total)

@@ -23,8 +23,7 @@ from typing import Any
 import yaml
 
 from medseg.labels import NAMES as CONVENTION_NAMES
-
-PHASES = ("arterial", "portal", "delayed")
+from medseg.labels import PHASES
 DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "models" / "registry.yaml"
 REGISTRY_ENV = "MEDSEG_MODEL_REGISTRY"
 

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from medseg.labels import NAMES as CONVENTION  # noqa: E402
+from medseg.labels import PHASES  # noqa: E402
 from medseg.volumes import Volume, write_volume  # noqa: E402
 
 CONV_BY_NAME = {n: v for v, n in CONVENTION.items()}
@@ -116,7 +117,7 @@ def task_phases(task: str, seed: int) -> list[str]:
     if task.startswith("total"):
         # Whole-body models should work on any phase (they also locate the kidneys for the
         # kidney tasks, whose reference phase differs): one random phase per case.
-        return [("arterial", "portal", "delayed")[np.random.default_rng(seed + 7919).integers(3)]]
+        return [PHASES[np.random.default_rng(seed + 7919).integers(3)]]
     return TASKS[task]["phases"]
 
 

@@ -31,3 +31,7 @@ STRUCTURES: dict[int, str] = {v: n for v, n in NAMES.items() if v != 0}
 def convention_table() -> dict[int, str]:
     """The convention's label table, background included."""
     return dict(NAMES)
+
+# The contrast phases of a case, in acquisition order (the request fields are
+# `<phase>_path`; model registries name their inputs by these).
+PHASES = ("arterial", "portal", "delayed")

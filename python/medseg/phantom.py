@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.labels import Label, convention_table
+from medseg.labels import PHASES, Label, convention_table
 from medseg.volumes import IDENTITY, Volume, write_volume
 
 # Subset of TotalSegmentator v2 "total" classes the phantom draws (numbers and names as in
@@ -51,7 +51,6 @@ TOTAL_CLASSES: dict[int, str] = {
 }
 _TOTAL_BY_NAME = {name: value for value, name in TOTAL_CLASSES.items()}
 
-PHASES = ("arterial", "portal", "delayed")
 HU_MIN, HU_MAX = -1024, 3071
 
 # Vertebrae from cranial to caudal; their centres are spaced by _VERTEBRA_PITCH_MM.
