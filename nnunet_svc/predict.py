@@ -22,7 +22,6 @@ import copy
 import io
 import itertools
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from medseg.params import ParameterError
 from medseg.progress import Cancelled, OperationCancelled, Progress
 from medseg.volumes import Volume
 from nnunet_svc.registry import ModelSpec, TaskSpec
 
 
 # Above this many voxels per phase an image is refused before any work (env overrides).
-DEFAULT_MAX_VOXELS = int(os.environ.get("MEDSEG_NNUNET_MAX_VOXELS", 512 * 512 * 1024))
+DEFAULT_MAX_VOXELS = 512 * 512 * 1024  # largest phase accepted; the server may set another
 
 
 def default_device() -> torch.device:
@@ -514,11 +514,11 @@ def segment_case(predictors: dict[str, TaskPredictor], phases: dict[str, Volume]
                  cancelled: Cancelled | None = None) -> dict[str, Volume]:
     """Several tasks on one case: each phase Volume (read once by the caller) is shared by every
     task that needs it, and the first kidney mask produced (e.g. `total`'s) is the kidney hint for
-    the kidney-crop tasks after it. Unknown task -> ValueError."""
+    the kidney-crop tasks after it. Unknown task -> ParameterError('tasks')."""
     tasks = list(dict.fromkeys(tasks))
     unknown = [t for t in tasks if t not in predictors]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known tasks: {sorted(predictors)}")
+        raise ParameterError("tasks", f"unknown task(s) {unknown}; known tasks: {sorted(predictors)}")
     ordered = sorted(tasks, key=lambda t: CASE_ORDER.index(t) if t in CASE_ORDER else len(CASE_ORDER))
     results: dict[str, Volume] = {}
     hint: Volume | None = None
@@ -537,14 +537,15 @@ def segment_case(predictors: dict[str, TaskPredictor], phases: dict[str, Volume]
 
 
 def build_predictors(registry: dict[str, TaskSpec], device: torch.device | None = None, warm_up: bool = True,
-                     progress: Progress | None = None) -> dict[str, TaskPredictor]:
+                     progress: Progress | None = None,
+                     max_voxels: int = DEFAULT_MAX_VOXELS) -> dict[str, TaskPredictor]:
     """All tasks' predictors, built (and warmed up) once at start-up."""
     device = device or default_device()
     out = {}
     for i, (name, spec) in enumerate(registry.items()):
         if progress:
             progress("load", i / max(1, len(registry)), f"loading {name}")
-        p = TaskPredictor(spec, device)
+        p = TaskPredictor(spec, device, max_voxels)
         if warm_up:
             p.warm_up()
         out[name] = p

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from medseg import addresses
+from medseg.labels import PHASES
 from medseg.nnunet.v1 import nnunet_pb2 as pb
 from medseg.nnunet.v1 import nnunet_pb2_grpc
 from medseg.serving.calls import StreamingCall
@@ -19,12 +21,9 @@ from medseg.serving.work import WorkQueue
 from medseg.volume.v1 import volume_pb2 as vpb
 
 log = logging.getLogger("medseg.nnunet")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NnUNetService"].full_name
+SERVICE_NAME = addresses.SERVICE_NAMES["nnunet"]
 TASK_NAMES = {pb.TASK_TOTAL: "total", pb.TASK_VESSELS: "vessels", pb.TASK_URETER: "ureter",
               pb.TASK_TUMOR: "tumor"}
-# The case phase each single-image operation's "ct" stands for, and SegmentCase's order:
-# total first, so its kidneys can place the crop of the kidney tasks that follow.
-CASE_ORDER = ("total", "tumor", "vessels", "ureter")
 
 
 class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
@@ -48,9 +47,10 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
             device = default_device()
             self.device = str(device)
             log.info("loading %d task(s) on %s", len(self.registry), device)
+            limit = {} if self.config.nnunet_max_voxels is None else {"max_voxels": self.config.nnunet_max_voxels}
             self.predictors = build_predictors(
                 self.registry, device,
-                progress=lambda stage, fraction, message: log.info("%s", message))
+                progress=lambda stage, fraction, message: log.info("%s", message), **limit)
             log.info("models ready: %s", ", ".join(self.predictors))
             if on_ready:
                 on_ready()
@@ -123,29 +123,22 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
             if TASK_NAMES[value] in names:
                 raise FieldError("params.tasks", f"task '{TASK_NAMES[value]}' given twice")
             names.append(TASK_NAMES[value])
-        tasks = [t for t in CASE_ORDER if t in names]
-        predictors = {t: self._predictor(t) for t in tasks}
+        predictors = {t: self._predictor(t) for t in names}
         # Each phase is read once and shared by every model that needs it.
-        needed = [p for p in ("arterial", "portal", "delayed")
-                  if any(p in predictors[t].spec.phases for t in tasks)]
+        needed = [p for p in PHASES if any(p in predictors[t].spec.phases for t in names)]
         phases = {p: call.load(p, getattr(params, f"{p}_path"), f"params.{p}_path") for p in needed}
         call.unused_inline(set(needed))
         crop = not params.disable_kidney_crop
 
         def work(progress, cancelled):
-            masks, hint = {}, None
-            for i, task in enumerate(tasks):
-                def task_progress(stage, fraction, message, i=i, task=task):
-                    progress(stage, (i + fraction) / len(tasks), f"{task}: {message}")
-                masks[task] = predictors[task].predict(phases, kidney_crop=crop, kidney_hint=hint,
-                                                       progress=task_progress, cancelled=cancelled)
-                # The first kidney-bearing mask places the crop of the tasks that follow.
-                hint = hint if hint is not None else masks[task]
-            return masks
+            from nnunet_svc.predict import segment_case
+
+            return segment_case(predictors, phases, names, kidney_crop=crop,
+                                progress=progress, cancelled=cancelled)
 
         masks = yield from call.run(self.queue, work, stage="predict")
         outputs = []
-        for task in tasks:
+        for task in names:
             path = f"{params.output_dir.rstrip('/')}/{task}.nii.gz" if params.output_dir else ""
             output = yield from call.deliver(masks[task], task,
                                              vpb.OutputOptions(path=path, inline=params.inline), task,
