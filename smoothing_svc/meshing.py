@@ -50,10 +50,9 @@ from vtkmodules.vtkFiltersCore import vtkDecimatePro, vtkWindowedSincPolyDataFil
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
 from medseg.labels import COLORS, STRUCTURES, Label
-from medseg.progress import OperationCancelled
-from medseg.volumes import Volume
-
-Progress = Callable[[str, float, str], None]
+from medseg.params import ParameterError
+from medseg.progress import OperationCancelled, Progress
+from medseg.volumes import Volume, atomic_write
 
 # Background voxels around each cropped label: closes surfaces that touch the volume border.
 PAD = 1
@@ -75,13 +74,14 @@ FORMATS = ("obj", "stl", "ply", "glb")
 
 @dataclass
 class MeshOptions:
-    """What to mesh and how. Out-of-range values raise ValueError in mesh_labels."""
+    """What to mesh and how. Out-of-range values raise ParameterError in mesh_labels."""
 
     labels: list[int] | None = None  # subset of labels to mesh; None or [] = all present
     smoothing: float | None = None  # 0..1 Slicer-style factor; None = per-structure default
     decimation: float = 0.0  # target reduction 0..<1 (0 = none)
     min_island_mm3: float = 10.0  # drop connected pieces smaller than this
     coordinate_system: str = "LPS"  # or "RAS"
+    threads: int | None = None  # VTK threads; None = every core this process may use
 
 
 @dataclass
@@ -108,18 +108,19 @@ class LabelMesh:
 
 
 def _validate_options(options: MeshOptions) -> None:
+    """The one range check of the meshing options (names as the request names them)."""
     if options.smoothing is not None and not 0.0 <= options.smoothing <= 1.0:
-        raise ValueError(f"smoothing must be in 0..1 (or unset for per-structure defaults), got {options.smoothing}")
+        raise ParameterError("smoothing", f"must be in 0..1 (or unset for per-structure defaults), got {options.smoothing}")
     if not 0.0 <= options.decimation < 1.0:
-        raise ValueError(f"decimation must be a target reduction in 0..<1, got {options.decimation}")
-    if options.min_island_mm3 < 0 or not np.isfinite(options.min_island_mm3):
-        raise ValueError(f"min_island_mm3 must be >= 0, got {options.min_island_mm3}")
+        raise ParameterError("decimation", f"must be a target reduction in 0..<1, got {options.decimation}")
+    if not options.min_island_mm3 >= 0 or not np.isfinite(options.min_island_mm3):
+        raise ParameterError("min_island_mm3", f"must be >= 0, got {options.min_island_mm3}")
     if options.coordinate_system.upper() not in COORDINATE_SYSTEMS:
-        raise ValueError(f"coordinate_system must be one of {COORDINATE_SYSTEMS}, got {options.coordinate_system!r}")
+        raise ParameterError("coordinate_system", f"must be one of {COORDINATE_SYSTEMS}, got {options.coordinate_system!r}")
     if options.labels is not None:
         unknown = sorted({int(v) for v in options.labels} - set(STRUCTURES))
         if unknown:
-            raise ValueError(f"options.labels {unknown} are not in the label convention; allowed: {_allowed()}")
+            raise ParameterError("labels", f"{unknown} are not in the label convention; allowed: {_allowed()}")
 
 
 def _allowed() -> str:
@@ -218,13 +219,14 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals / np.where(length > 0, length, 1.0)
 
 
-def _configure_threads() -> None:
-    """Let VTK's threaded filters (flying edges, windowed sinc) use the cores we may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    threads = int(os.environ.get("MEDSEG_MESH_THREADS", cores))
+def _configure_threads(threads: int | None) -> None:
+    """Let VTK's threaded filters (flying edges, windowed sinc) use `threads` (None: the
+    cores this process may use)."""
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            threads = os.cpu_count() or 1
     smp = vtkSMPTools()
     smp.SetBackend("STDThread")
     smp.Initialize(max(1, threads))
@@ -564,7 +566,7 @@ def mesh_labels(
     if any(s <= 0 for s in mask.spacing):
         raise ValueError(f"mask spacing must be positive, got {mask.spacing}")
     system = options.coordinate_system.upper()
-    _configure_threads()
+    _configure_threads(options.threads)
     if progress:
         progress("scan", 0.0, "finding label bounding boxes")
     boxes = label_boxes(mask.array)
@@ -608,22 +610,6 @@ def mesh_labels(
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename into place, so a
-    reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _rows(template: str, array: np.ndarray, chunk: int = 200_000):
@@ -677,8 +663,8 @@ def _write_obj(meshes: list[LabelMesh], skipped: list[LabelMesh], path: Path) ->
                 out.writelines(_rows("f %d//%d %d//%d %d//%d\n", corners))
                 first += len(mesh.vertices)
 
-    _atomic_write(mtl_path, write_mtl)
-    _atomic_write(path, write_obj)
+    atomic_write(mtl_path, write_mtl)
+    atomic_write(path, write_obj)
     return [path, mtl_path]
 
 
@@ -698,7 +684,7 @@ def _write_merged(meshes: list[LabelMesh], path: Path, fmt: str) -> list[Path]:
         part.visual = trimesh.visual.ColorVisuals(part, vertex_colors=np.tile(rgba, (len(mesh.vertices), 1)))
         parts.append(part)
     merged = trimesh.util.concatenate(parts)
-    _atomic_write(path, lambda tmp: merged.export(tmp, file_type=fmt))
+    atomic_write(path, lambda tmp: merged.export(tmp, file_type=fmt))
     return [path]
 
 
@@ -718,7 +704,7 @@ def _write_glb(meshes: list[LabelMesh], path: Path) -> list[Path]:
         )
         part.visual = trimesh.visual.TextureVisuals(material=material)
         scene.add_geometry(part, node_name=mesh.name, geom_name=mesh.name)
-    _atomic_write(path, lambda tmp: tmp.write_bytes(scene.export(file_type="glb")))
+    atomic_write(path, lambda tmp: tmp.write_bytes(scene.export(file_type="glb")))
     return [path]
 
 

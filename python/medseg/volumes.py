@@ -8,8 +8,11 @@ returns Volumes (or arrays + geometry) and knows nothing of gRPC.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -119,16 +122,27 @@ def read_dicom_series(folder: str | Path) -> sitk.Image:
     return reader.Execute()
 
 
-def write_volume(volume: Volume, path: str | Path) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed into place, so a
-    failure never leaves a half-written result."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary file in the target's folder (same suffix, so writers
+    that choose the format by name still do), then rename it into place: a reader never sees
+    a half-written file, and a failure leaves none behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.partial{suffix}")
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
     try:
-        sitk.WriteImage(volume.to_image(), str(tmp), useCompression=path.name.endswith(".gz"))
+        write(tmp)
+        os.chmod(tmp, 0o644)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_volume(volume: Volume, path: str | Path) -> Path:
+    """Write atomically (see atomic_write); `.gz` names are compressed."""
+    path = Path(path)
+    image = volume.to_image()
+    return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz")))

@@ -6,9 +6,12 @@
     result = yield from call.run(queue, work)           # progress streamed while it works
     output = yield from call.deliver(volume, "mask", params.output, "measure")
     yield MeasureResponse(result=MeasureResult(..., info=call.info()))
+
+Files other than volumes (meshes) go out through `call.deliver_files` the same way.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +26,7 @@ from medseg.serving.paths import DataRoot
 from medseg.summary import summarize_labels
 from medseg.serving.work import WorkQueue
 from medseg.volume.v1 import volume_pb2 as pb
-from medseg.volumes import Volume, read_volume, write_volume
+from medseg.volumes import Volume, atomic_write, read_volume, write_volume
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -39,6 +42,10 @@ def read_checked(path: Path, max_bytes: int, field: str) -> Volume:
         raise FieldError(field, f"cannot read '{path.name}': {last}") from None
     except ValueError as exc:
         raise FieldError(field, str(exc)) from None
+
+
+def _file_digest(name: str, data: bytes, path: str) -> pb.Digest:
+    return pb.Digest(role=name, path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 def summarize(volume: Volume) -> list[pb.LabelSummary]:
@@ -130,6 +137,11 @@ class StreamingCall:
                                     f"got {volume.array.dtype}")
         return volume
 
+    def given(self, params, *names: str) -> dict:
+        """The optional fields among `names` the request set, as keyword arguments: unset
+        ones are left out so the science function's defaults apply."""
+        return {name: getattr(params, name) for name in names if params.HasField(name)}
+
     def unused_inline(self, used: set[str]) -> None:
         extra = sorted(set(self.inline) - used)
         if extra:
@@ -156,11 +168,11 @@ class StreamingCall:
     def wants_inline(self, output: pb.OutputOptions) -> bool:
         return output.inline or (not output.path and bool(self.inline))
 
-    def default_output(self, suffix: str) -> str:
-        """'<stem>_<suffix>.nii.gz' next to the first input read by path."""
+    def default_output(self, suffix: str, extension: str = ".nii.gz") -> str:
+        """'<stem>_<suffix><extension>' next to the first input read by path."""
         first = self.input_paths[0]
         stem = first.name.split(".")[0] if first.is_file() else first.name
-        return self.root.relative(first.parent / f"{stem}_{suffix}.nii.gz")
+        return self.root.relative(first.parent / f"{stem}_{suffix}{extension}")
 
     def deliver(self, volume: Volume, role: str, output: pb.OutputOptions, suffix: str,
                 field: str = "output.path"):
@@ -182,6 +194,28 @@ class StreamingCall:
                     yield self.response_cls(**{self.chunk_field: chunk})
             self.sent.append(pb.Digest(role=role, sha256=digest, bytes=volume.array.nbytes))
         return pb.OutputVolume(role=role, path=written, labels=summarize(volume))
+
+    def deliver_files(self, encode, path: str, inline: bool, field: str = "params.output_path"):
+        """Files made by `encode(stem) -> {name: bytes}` (the first is the main file, e.g.
+        model.obj before model.mtl): written atomically under the data root beside `path`
+        and/or streamed inline as FileChunks, as asked. Returns (via `yield from`) the paths
+        written, relative to the data root."""
+        target = self.root.output(field, path) if path else None
+        files = encode(target.name.removesuffix(target.suffix) if target else "mesh")
+        written = []
+        if target is not None:
+            with self.timed("write"):
+                for name, data in files.items():
+                    file = atomic_write(target.parent / name, lambda tmp, data=data: tmp.write_bytes(data))
+                    written.append(self.root.relative(file))
+                    self.sent.append(_file_digest(name, data, written[-1]))
+        if inline or target is None:
+            with self.timed("send"):
+                for name, data in files.items():
+                    for chunk in codec.file_chunks(name, data):
+                        yield self.response_cls(**{self.chunk_field: chunk})
+                    self.sent.append(_file_digest(name, data, ""))
+        return written
 
     def info(self) -> pb.ResultInfo:
         return pb.ResultInfo(received=self.received, sent=self.sent, timings=self.timings)
