@@ -1,20 +1,25 @@
-"""Default addresses of the local stack: the one place for ports.
+"""Default addresses of the local stack: the one place for ports and service names.
 
-Each can be overridden by the environment variable named beside it; the Makefile, the
-Envoy and supervisord configs (rendered by gateway_envoy/stack.py) and the CLI all read
-them from here.
+Each port can be overridden by the environment variable named beside it; the Makefile, the
+Envoy and supervisord configs (rendered by gateway_envoy/stack.py), the servers and the CLI
+all read them from here.
 """
 from __future__ import annotations
 
 import os
 
-SERVICES = ("nnunet", "smoothing", "postprocess")
-# Full gRPC service name of each service (also its health-check service name).
+from medseg.nnunet.v1 import nnunet_pb2
+from medseg.postprocess.v1 import postprocess_pb2
+from medseg.smoothing.v1 import smoothing_pb2
+
+# Full gRPC service name of each service (also its health-check service name), from the
+# contract's descriptors.
 SERVICE_NAMES = {
-    "nnunet": "medseg.nnunet.v1.NnUNetService",
-    "smoothing": "medseg.smoothing.v1.SmoothingService",
-    "postprocess": "medseg.postprocess.v1.PostprocessService",
+    "nnunet": nnunet_pb2.DESCRIPTOR.services_by_name["NnUNetService"].full_name,
+    "smoothing": smoothing_pb2.DESCRIPTOR.services_by_name["SmoothingService"].full_name,
+    "postprocess": postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name,
 }
+SERVICES = tuple(SERVICE_NAMES)
 _DEFAULT_PORTS = {"gateway": 8080, "admin": 9901, "nnunet": 50051, "smoothing": 50052,
                   "postprocess": 50053}
 # Header a client sets on grpc.health.v1 calls so the gateway routes them to that service.
@@ -27,4 +32,5 @@ def port(name: str) -> int:
 
 
 def gateway_address() -> str:
+    """host:port clients call; env MEDSEG_GATEWAY overrides."""
     return os.environ.get("MEDSEG_GATEWAY", f"localhost:{port('gateway')}")

@@ -29,8 +29,8 @@ from medseg.volume.v1 import volume_pb2 as vpb
 from medseg.volumes import Volume, read_volume
 
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 << 20),
-    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.max_receive_message_length", codec.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", codec.MAX_MESSAGE_BYTES),
 ]
 
 

@@ -24,6 +24,9 @@ from medseg.volumes import IDENTITY, Volume, raw_bytes
 
 # One place for the chunk size: large enough for throughput, far below gRPC's 4 MiB limit.
 CHUNK_SIZE = 1 << 20
+# Largest gRPC message, for clients and servers alike: inline chunks are ~1 MiB, anything far
+# larger is not a chunk.
+MAX_MESSAGE_BYTES = 8 << 20
 # Per-axis sanity bound; anything above is a corrupt or hostile header, not a CT.
 MAX_VOXELS_PER_AXIS = 16384
 DEFAULT_MAX_VOLUME_BYTES = 1 << 30

@@ -12,22 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-# Import every contract so reflection on any server describes all three services: the
-# gateway routes reflection to one cluster, and that one must answer for everything.
-from medseg.nnunet.v1 import nnunet_pb2
-from medseg.postprocess.v1 import postprocess_pb2
+# addresses imports every contract, so reflection on any server describes all the services:
+# the gateway routes reflection to one cluster, and that one must answer for everything.
+from medseg import addresses
+from medseg.codec import MAX_MESSAGE_BYTES
 from medseg.serving.config import ServerConfig
-from medseg.smoothing.v1 import smoothing_pb2
 
 log = logging.getLogger("medseg.serving")
-
-ALL_SERVICES = [
-    nnunet_pb2.DESCRIPTOR.services_by_name["NnUNetService"].full_name,
-    smoothing_pb2.DESCRIPTOR.services_by_name["SmoothingService"].full_name,
-    postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name,
-]
-# Inline chunks are ~1 MiB; anything far larger is not a chunk.
-MAX_MESSAGE_BYTES = 8 << 20
 
 
 class Server:
@@ -52,7 +43,7 @@ class Server:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            ALL_SERVICES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            list(addresses.SERVICE_NAMES.values()) + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                             reflection.SERVICE_NAME], self.grpc)
         self.set_serving(False)
         self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
