@@ -12,7 +12,6 @@ Stable API (other modules import it):
     grid_mismatch(reference, other) -> str | None
     require_same_grid(reference, other, what, reference_name="mask")
     require_convention(array, what, allowed) -> values present
-    report_stage(progress, cancelled, stage, fraction, message); OperationCancelled (from medseg.progress)
 Slices are in array order (z, y, x); spacing is in Volume order (x, y, z).
 """
 from __future__ import annotations
@@ -21,7 +20,7 @@ import math
 
 import numpy as np
 
-from medseg.progress import OperationCancelled, report_stage  # noqa: F401  (re-exported: one exception for all)
+from medseg.summary import integer_array
 from medseg.volumes import Volume
 
 Slices = tuple[slice, slice, slice]
@@ -85,11 +84,6 @@ def full_slices(shape: tuple[int, ...]) -> Slices:
     return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
 
 
-def union_slices(a: Slices, b: Slices) -> Slices:
-    """Smallest box holding both boxes."""
-    return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))  # type: ignore[return-value]
-
-
 def crop(volume: Volume, slices: Slices) -> Volume:
     """The sub-volume inside slices, with its origin moved so every voxel keeps its
     physical position (direction and spacing unchanged). The array is a view."""
@@ -144,9 +138,7 @@ def label_values_present(array: np.ndarray) -> np.ndarray:
     if array.size == 0:
         return np.zeros(0, dtype=np.int64)
     if not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise ValueError(f"label values must be whole numbers, got dtype {array.dtype} with fractions")
-        return np.unique(array).astype(np.int64)
+        array = integer_array(array)
     lo, hi = int(array.min()), int(array.max())
     if lo >= 0 and hi < 65536:
         # bincount converts to int64: count slab by slab so the copy stays small.

@@ -22,8 +22,8 @@ Everything is plain numpy/SciPy/scikit-image on Volumes; no gRPC here.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+import numbers
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -32,12 +32,12 @@ from scipy.spatial import cKDTree
 from skimage.morphology import skeletonize
 
 from medseg.labels import NAMES, STRUCTURES, Label
+from medseg.params import ParameterError
 from medseg.volumes import Volume
 from postprocess_svc.graph import GraphBackend, select_backend
-from postprocess_svc.regions import bbox_of, full_slices, paste, report_stage, require_convention
+from medseg.progress import Cancelled, Progress, report_stage
+from postprocess_svc.regions import bbox_of, full_slices, paste, require_convention
 
-Progress = Callable[[str, float, str], None]
-Cancelled = Callable[[], bool]
 
 _MAX_REJECTED_LISTED = 50
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
@@ -56,21 +56,43 @@ class RepairLimits:
     skeleton_spacing_mm: float | None = None  # None: finest input spacing, kept within [0.5, 1.0]
 
     def validate(self) -> None:
-        positive = {
-            "max_gap_mm": self.max_gap_mm,
-            "tangent_length_mm": self.tangent_length_mm,
-        }
-        for name, value in positive.items():
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"RepairLimits.{name} must be a positive number, got {value}")
-        if not (0 < self.max_angle_deg <= 180):
-            raise ValueError(f"RepairLimits.max_angle_deg must be in (0, 180], got {self.max_angle_deg}")
-        if not (0 <= self.min_radius_ratio <= 1):
-            raise ValueError(f"RepairLimits.min_radius_ratio must be in [0, 1], got {self.min_radius_ratio}")
-        if self.min_piece_mm3 < 0 or self.aim_slack_mm < 0:
-            raise ValueError("RepairLimits.min_piece_mm3 and aim_slack_mm must be >= 0")
-        if self.skeleton_spacing_mm is not None and not (0.1 <= self.skeleton_spacing_mm <= 5):
-            raise ValueError(f"RepairLimits.skeleton_spacing_mm must be in [0.1, 5] mm, got {self.skeleton_spacing_mm}")
+        """The one range check for these limits; connect_label calls it, so callers need not.
+
+        Raises ParameterError named as the request names the field (`limits.max_gap_mm`, ...)
+        for a value the algorithm cannot use. Every limit must be a finite real number (the
+        lengths size searches and rays, so an infinite one would never end), and:
+        - max_gap_mm > 0: 0 would bridge nothing.
+        - max_angle_deg in (0, 180]: the angle measured lies in [0, 180], so 180 turns the
+          check off; 0 would leave no end-end join.
+        - min_radius_ratio in [0, 1]: thinner / thicker end radius lies in (0, 1], so 0 is a
+          usable value (it turns the radius check off, end-end and end-side alike) while a
+          ratio above 1 would refuse every end-end join.
+        - min_piece_mm3 >= 0: 0 treats no piece as a speck.
+        - aim_slack_mm >= 0: 0 asks the ends' axes to pass within the larger radius.
+        - tangent_length_mm > 0: an end needs some skeleton to take its direction from.
+        - skeleton_spacing_mm: None (the default grid) or in [0.1, 5] mm.
+        """
+        _check_range("max_gap_mm", self.max_gap_mm, 0, low_open=True)
+        _check_range("max_angle_deg", self.max_angle_deg, 0, 180, low_open=True)
+        _check_range("min_radius_ratio", self.min_radius_ratio, 0, 1)
+        _check_range("min_piece_mm3", self.min_piece_mm3, 0)
+        _check_range("aim_slack_mm", self.aim_slack_mm, 0)
+        _check_range("tangent_length_mm", self.tangent_length_mm, 0, low_open=True)
+        if self.skeleton_spacing_mm is not None:
+            _check_range("skeleton_spacing_mm", self.skeleton_spacing_mm, 0.1, 5)
+
+
+def _check_range(field_name: str, value, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    """ParameterError for `limits.<field_name>` unless value is a finite real number from
+    low (excluded when low_open) to high."""
+    if high == math.inf:
+        wanted = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (number and math.isfinite(value)) or value < low or (low_open and value == low) or value > high:
+        shown = value if number else repr(value)
+        raise ParameterError(f"limits.{field_name}", f"must be a finite number {wanted}, got {shown}")
 
 
 @dataclass
@@ -109,9 +131,6 @@ class RepairReport:
     region_voxels: int = 0  # voxels of the region worked on (the whole grid when whole_volume)
     skeleton_spacing_mm: float = 0.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 # ----------------------------------------------------------------------------------------
 # public entry points
@@ -145,7 +164,7 @@ def connect_label(
     limits = limits or RepairLimits()
     limits.validate()
     label = _check_inputs(mask, label)
-    graph = select_backend(backend)
+    graph = _graph_backend(backend)
     spacing_zyx = np.array(mask.spacing[::-1], dtype=float)
 
     report_stage(progress, cancelled, "crop", 0.0, f"finding the {NAMES[label]} region")
@@ -153,17 +172,20 @@ def connect_label(
     margin_mm = max(3.0, 2.0 * float(spacing_zyx.max()))  # room for a tube's wall past the pieces' box
     slices = full_slices(mask.array.shape) if whole_volume else bbox_of(target_full, margin_mm, mask.spacing)
     del target_full
-    region = np.array(mask.array[slices])  # own copy: painted, then pasted into the output
-    target = region == label
+    region = _Region(
+        values=np.array(mask.array[slices]),  # own copy: painted, then pasted into the output
+        start=np.array([sl.start for sl in slices], dtype=np.int64),
+        spacing_zyx=spacing_zyx,
+        label=label,
+        index_to_physical=mask.index_to_physical_matrix(),
+    )
+    target = region.values == label
 
     region_pieces, pieces_before = ndimage.label(target, structure=_STRUCTURE_26)
     iso = limits.skeleton_spacing_mm or float(np.clip(spacing_zyx.min(), 0.5, 1.0))
 
     report_stage(progress, cancelled, "resample", 0.1, f"isotropic {iso:g} mm grid")
-    # Positions are kept in mm from the FULL volume's voxel 0 (z, y, x), so the cropped and
-    # whole-volume paths compute with the very same numbers.
-    start = np.array([sl.start for sl in slices], dtype=np.int64)
-    iso_mask, iso_first = _resample_isotropic(target, spacing_zyx, iso, start)
+    iso_mask, iso_first = _resample_isotropic(target, spacing_zyx, iso, region.start)
 
     report_stage(progress, cancelled, "skeleton", 0.2, f"skeletonising {int(iso_mask.sum())} voxels")
     skeleton = skeletonize(iso_mask)
@@ -180,46 +202,26 @@ def connect_label(
     ends = skel.endpoints(limits.tangent_length_mm, iso_pieces)
     # Specks are not worth bridging and their ends have no meaningful direction.
     node_volume = piece_volume[iso_pieces[tuple(skel.coords.T)]] if skel.n_nodes else np.zeros(0)
+    bridgeable = node_volume >= limits.min_piece_mm3
     del iso_pieces
-    ends = [e for e in ends if node_volume[e.node] >= limits.min_piece_mm3]
+    ends = [e for e in ends if bridgeable[e.node]]
 
     report_stage(progress, cancelled, "candidates", 0.7, f"{len(ends)} endpoints")
-    rejected: list[str] = []
-
-    def where(point: np.ndarray) -> str:
-        return "(" + ", ".join(f"{v:.0f}" for v in _to_physical(mask, point, spacing_zyx)) + ") mm"
-
     # Which original-grid piece each skeleton node lies in (resampling can split a piece).
-    node_index = np.clip(np.rint(skel.position / spacing_zyx).astype(int) - start, 0, np.array(region.shape) - 1)
-    node_piece = region_pieces[tuple(node_index.T)]
-    candidates = _candidate_joins(
-        skel, ends, node_volume, region, start, label, spacing_zyx, limits, rejected, where, region_pieces, node_piece
-    )
-    del region_pieces
+    node_piece = region_pieces[tuple(region.clipped_index_of(skel.position).T)]
+    search = _JoinSearch(skel, region, region_pieces, node_piece, bridgeable, limits)
+    candidates = search.find(ends)
+    rejected = search.rejected
+    del search, region_pieces  # the piece map is as large as the region: gone before painting
 
     report_stage(progress, cancelled, "bridge", 0.85, f"{len(candidates)} candidate joins")
     chosen = _choose_joins(candidates, skel.component, node_piece)
-    bridges = []
-    for cand in chosen:
-        added = _paint_tube(region, start, label, cand.start, cand.end, cand.radius_start, cand.radius_end, spacing_zyx)
-        bridges.append(
-            Bridge(
-                label=label,
-                length_mm=round(cand.gap_mm, 2),
-                radius_start_mm=round(cand.radius_start, 2),
-                radius_end_mm=round(cand.radius_end, 2),
-                start_mm=_to_physical(mask, cand.start, spacing_zyx),
-                end_mm=_to_physical(mask, cand.end, spacing_zyx),
-                voxels_added=added,
-                kind=cand.kind,
-                angle_deg=round(cand.angle_deg, 1),
-            )
-        )
+    bridges = [_build_bridge(region, cand) for cand in chosen]
 
     report_stage(progress, cancelled, "report", 0.95, f"{len(bridges)} bridges")
-    pieces = _pieces(region == label, mask, slices)
+    pieces = _pieces(region.values == label, mask, slices)
     output = np.array(mask.array)
-    paste(output, slices, region)
+    paste(output, slices, region.values)
     note = _note(label, pieces_before, pieces, bridges, rejected)
     report = RepairReport(
         label=label,
@@ -230,7 +232,7 @@ def connect_label(
         backend=graph.name,
         note=note,
         pieces=pieces,
-        region_voxels=int(region.size),
+        region_voxels=int(region.values.size),
         skeleton_spacing_mm=iso,
     )
     report_stage(progress, None, "done", 1.0, note)
@@ -239,6 +241,14 @@ def connect_label(
 
 # ----------------------------------------------------------------------------------------
 # input checks
+
+
+def _graph_backend(backend: str | GraphBackend) -> GraphBackend:
+    """select_backend, with a name it cannot use reported as the request's `backend`."""
+    try:
+        return select_backend(backend)
+    except ValueError as error:
+        raise ParameterError("backend", str(error)) from None
 
 
 def _check_inputs(mask: Volume, label: int) -> int:
@@ -302,11 +312,78 @@ def _resample_isotropic(
     return resampled >= 0.5, first
 
 
-def _to_physical(mask: Volume, point_mm_zyx: np.ndarray, spacing_zyx: np.ndarray) -> tuple[float, float, float]:
-    """(z, y, x) mm from the volume's voxel 0 -> LPS physical mm."""
-    index_zyx = point_mm_zyx / spacing_zyx
-    physical = mask.index_to_physical_matrix() @ np.array([*index_zyx[::-1], 1.0])
-    return tuple(round(float(v), 2) for v in physical[:3])  # type: ignore[return-value]
+@dataclass
+class _Region:
+    """The box of the original grid worked on, and where it lies in the volume.
+
+    Points are mm (z, y, x) from the FULL volume's voxel 0, not from the box, so the cropped
+    and whole-volume paths compute with the very same numbers."""
+
+    values: np.ndarray  # the box's label values; bridges are painted into it
+    start: np.ndarray  # (z, y, x) index of values[0, 0, 0] in the full volume
+    spacing_zyx: np.ndarray
+    label: int  # the structure being repaired
+    index_to_physical: np.ndarray  # the volume's 4x4 matrix, (x, y, z, 1) index -> LPS mm
+
+    @property
+    def sample_step(self) -> float:
+        """Step for sampling along a line: a quarter of the finest voxel, so none is skipped."""
+        return 0.25 * float(self.spacing_zyx.min())
+
+    def index_of(self, points_mm: np.ndarray) -> np.ndarray:
+        """Nearest voxel of each point, as a (z, y, x) index into values; may lie outside."""
+        return np.rint(points_mm / self.spacing_zyx).astype(np.int64) - self.start
+
+    def clipped_index_of(self, points_mm: np.ndarray) -> np.ndarray:
+        """index_of, moved onto the box's nearest face where it lies outside."""
+        return np.clip(self.index_of(points_mm), 0, np.array(self.values.shape) - 1)
+
+    def physical(self, point_mm: np.ndarray) -> tuple[float, float, float]:
+        """A point as LPS physical mm (rounded to 0.01 mm, as reported)."""
+        index_zyx = point_mm / self.spacing_zyx
+        physical = self.index_to_physical @ np.array([*index_zyx[::-1], 1.0])
+        return tuple(round(float(v), 2) for v in physical[:3])  # type: ignore[return-value]
+
+    def describe(self, point_mm: np.ndarray) -> str:
+        """A point as text for a refusal reason: LPS mm to the nearest mm."""
+        return "(" + ", ".join(f"{v:.0f}" for v in self.physical(point_mm)) + ") mm"
+
+    def line_profile(self, p0: np.ndarray, p1: np.ndarray) -> tuple[float, list[int]]:
+        """Background length along the segment p0-p1 (mm) and the other labels it passes through."""
+        length = float(np.linalg.norm(p1 - p0))
+        n = max(2, int(math.ceil(length / self.sample_step)) + 1)
+        t = np.linspace(0.0, 1.0, n)
+        values = self.values[tuple(self.clipped_index_of(p0 + t[:, None] * (p1 - p0)).T)]
+        background = float(np.count_nonzero(values == 0)) / n * length
+        return background, _other_labels(values, self.label)
+
+    def paint_tube(self, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> int:
+        """Paint the tube {x : |x - s(t)| <= r0 + t (r1 - r0)} around segment p0-p1 with the
+        label, into background voxels only. Returns the voxels added."""
+        spacing_zyx, start = self.spacing_zyx, self.start
+        r_max = max(r0, r1)
+        lo = np.floor((np.minimum(p0, p1) - r_max) / spacing_zyx).astype(int) - start
+        hi = np.ceil((np.maximum(p0, p1) + r_max) / spacing_zyx).astype(int) + 1 - start
+        lo = np.maximum(lo, 0)
+        hi = np.minimum(hi, self.values.shape)
+        if np.any(hi <= lo):
+            return 0
+        grids = np.meshgrid(*[(np.arange(a, b) + o) * s for a, b, o, s in zip(lo, hi, start, spacing_zyx)], indexing="ij")
+        points = np.stack(grids, axis=-1)
+        direction = p1 - p0
+        length_sq = float(direction @ direction)
+        t = np.clip(((points - p0) @ direction) / length_sq, 0.0, 1.0) if length_sq > 0 else np.zeros(points.shape[:-1])
+        closest = p0 + t[..., None] * direction
+        inside = np.linalg.norm(points - closest, axis=-1) <= r0 + t * (r1 - r0)
+        box = self.values[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        paint = inside & (box == 0)
+        box[paint] = self.label
+        return int(paint.sum())
+
+
+def _other_labels(values: np.ndarray, label: int) -> list[int]:
+    """Labels among values other than background and `label`, sorted."""
+    return sorted({int(v) for v in np.unique(values)} - {0, label})
 
 
 # ----------------------------------------------------------------------------------------
@@ -542,7 +619,7 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
 
 
-def _path_refusal(gap_mm: float, others, limits: RepairLimits) -> str:
+def _path_refusal(gap_mm: float, others: list[int], limits: RepairLimits) -> str:
     """Why a bridge path may not be painted ("" when it may): too much background to
     cross, or another label in the way (artery never joined across a vein)."""
     if gap_mm > limits.max_gap_mm:
@@ -552,20 +629,17 @@ def _path_refusal(gap_mm: float, others, limits: RepairLimits) -> str:
     return ""
 
 
-def _line_profile(
-    region: np.ndarray, start: np.ndarray, label: int, p0: np.ndarray, p1: np.ndarray, spacing_zyx: np.ndarray
-):
-    """Background length along the segment (mm) and the other labels it passes through."""
-    length = float(np.linalg.norm(p1 - p0))
-    step = 0.25 * float(spacing_zyx.min())
-    n = max(2, int(math.ceil(length / step)) + 1)
-    t = np.linspace(0.0, 1.0, n)
-    index = np.rint((p0 + t[:, None] * (p1 - p0)) / spacing_zyx).astype(np.int64) - start
-    index = np.clip(index, 0, np.array(region.shape) - 1)
-    values = region[tuple(index.T)]
-    background = float(np.count_nonzero(values == 0)) / n * length
-    others = sorted({int(v) for v in np.unique(values)} - {0, label})
-    return background, others
+def _facing_refusal(a: End, b: End, angle: float, limits: RepairLimits) -> str:
+    """Why two ends are not two sides of one cut ("" when they may be): they point past
+    the gap, their axes pass each other (side-by-side vessels), or their calibres differ."""
+    if angle > limits.max_angle_deg:
+        return f"angle {angle:.0f} deg > {limits.max_angle_deg:g}"
+    miss = _ray_miss_mm(a.position, a.tangent, b.position, b.tangent)
+    if miss > max(a.radius, b.radius) + limits.aim_slack_mm:
+        return f"axes miss each other by {miss:.1f} mm"
+    if min(a.radius, b.radius) / max(a.radius, b.radius) < limits.min_radius_ratio:
+        return f"radius {a.radius:.1f} vs {b.radius:.1f} mm"
+    return ""
 
 
 def _ray_miss_mm(pa: np.ndarray, ta: np.ndarray, pb: np.ndarray, tb: np.ndarray) -> float:
@@ -579,136 +653,145 @@ def _ray_miss_mm(pa: np.ndarray, ta: np.ndarray, pb: np.ndarray, tb: np.ndarray)
     return float(np.min(np.linalg.norm(ray_a[:, None, :] - ray_b[None, :, :], axis=2)))
 
 
-def _candidate_joins(
-    skel: SkeletonGraph,
-    ends: list[End],
-    node_volume: np.ndarray,
-    region: np.ndarray,
-    start: np.ndarray,
-    label: int,
-    spacing_zyx: np.ndarray,
-    limits: RepairLimits,
-    rejected: list[str],
-    where: Callable[[np.ndarray], str],
-    region_pieces: np.ndarray,
-    node_piece: np.ndarray,
-) -> list[_Candidate]:
-    if not ends:
-        return []
-    max_radius = max(e.radius for e in ends)
-    # Ends sit about one radius inside each cut face, so search further than the gap; up to
-    # twice the limit, so that gaps just too long are reported as refused, not passed over.
-    search = 2 * limits.max_gap_mm + 2 * max_radius + 2 * skel.iso
-    component = skel.component
-    candidates: list[_Candidate] = []
+@dataclass
+class _JoinSearch:
+    """Finds the joins that could bridge a gap between two skeleton pieces, each checked
+    against the limits on the original grid. The refusals worth telling are kept in
+    `rejected`, in the order found, for the report."""
 
-    def refuse(text: str) -> None:
-        rejected.append(text)
+    skel: SkeletonGraph
+    region: _Region
+    region_pieces: np.ndarray  # the label's 26-connected pieces in region.values, numbered
+    node_piece: np.ndarray  # region_pieces at each skeleton node
+    bridgeable: np.ndarray  # per skeleton node: its piece is no speck (min_piece_mm3)
+    limits: RepairLimits
+    rejected: list[str] = field(default_factory=list)
 
-    # End to end: both ends must face each other.
-    positions = np.array([e.position for e in ends])
-    for i, j in sorted(cKDTree(positions).query_pairs(search)):
-        a, b = ends[i], ends[j]
-        if component[a.node] == component[b.node]:
-            continue
+    def find(self, ends: list[End]) -> list[_Candidate]:
+        """All candidate joins, end-to-end first, then end-to-side (refusals are recorded
+        in that order too)."""
+        if not ends:
+            return []
+        return self._end_to_end(ends) + self._end_to_side(ends)
+
+    def _refuse(self, what: str, reason: str) -> None:
+        self.rejected.append(f"{what}: {reason}")
+
+    # -- end to end: two ends that face each other across the gap
+
+    def _end_to_end(self, ends: list[End]) -> list[_Candidate]:
+        # Ends sit about one radius inside each cut face, so search further than the gap; up to
+        # twice the limit, so that gaps just too long are reported as refused, not passed over.
+        search = 2 * self.limits.max_gap_mm + 2 * max(e.radius for e in ends) + 2 * self.skel.iso
+        pairs = sorted(cKDTree(np.array([e.position for e in ends])).query_pairs(search))
+        joins = (self._end_end(ends[i], ends[j]) for i, j in pairs)
+        return [join for join in joins if join is not None]
+
+    def _end_end(self, a: End, b: End) -> _Candidate | None:
+        if self.skel.component[a.node] == self.skel.component[b.node]:
+            return None
         gap_vector = b.position - a.position
         angle = max(_angle_deg(a.tangent, gap_vector), _angle_deg(b.tangent, -gap_vector))
-        what = f"end-end {where(a.position)}->{where(b.position)}"
-        if angle > limits.max_angle_deg:
-            if angle < 90:  # only near misses are worth telling; backward pairs are noise
-                refuse(f"{what}: angle {angle:.0f} deg > {limits.max_angle_deg:g}")
-            continue
-        miss = _ray_miss_mm(a.position, a.tangent, b.position, b.tangent)
-        if miss > max(a.radius, b.radius) + limits.aim_slack_mm:
-            refuse(f"{what}: axes miss each other by {miss:.1f} mm")
-            continue
-        ratio = min(a.radius, b.radius) / max(a.radius, b.radius)
-        if ratio < limits.min_radius_ratio:
-            refuse(f"{what}: radius {a.radius:.1f} vs {b.radius:.1f} mm")
-            continue
-        gap, others = _line_profile(region, start, label, a.position, b.position, spacing_zyx)
-        reason = _path_refusal(gap, others, limits)
+        if angle > self.limits.max_angle_deg and angle >= 90:
+            return None  # only near misses are worth telling; backward pairs are noise
+        what = f"end-end {self.region.describe(a.position)}->{self.region.describe(b.position)}"
+        reason = _facing_refusal(a, b, angle, self.limits)
         if reason:
-            refuse(f"{what}: {reason}")
-            continue
+            self._refuse(what, reason)
+            return None
+        gap, others = self.region.line_profile(a.position, b.position)
+        reason = _path_refusal(gap, others, self.limits)
+        if reason:
+            self._refuse(what, reason)
+            return None
         length = float(np.linalg.norm(gap_vector))
-        candidates.append(
-            _Candidate(
-                # Mostly the background to cross; the full span breaks ties between near equals.
-                cost=(gap + 0.1 * length) * (1 + math.radians(angle)),
-                kind="end-end",
-                start_node=a.node,
-                end_node=b.node,
-                start=a.position,
-                end=b.position,
-                radius_start=a.radius,
-                radius_end=b.radius,
-                gap_mm=gap,
-                angle_deg=angle,
-                uses_end_node=True,
-            )
+        return _Candidate(
+            # Mostly the background to cross; the full span breaks ties between near equals.
+            cost=(gap + 0.1 * length) * (1 + math.radians(angle)),
+            kind="end-end",
+            start_node=a.node,
+            end_node=b.node,
+            start=a.position,
+            end=b.position,
+            radius_start=a.radius,
+            radius_end=b.radius,
+            gap_mm=gap,
+            angle_deg=angle,
+            uses_end_node=True,
         )
 
-    # End to side: an end whose axis, prolonged, runs into another piece (a branch cut off
-    # near its origin, whose stump the skeleton may not show). The ray is followed on the
-    # original grid; the piece it meets first must not be thinner than the branch.
-    alive = np.flatnonzero(skel.alive)
-    tree = cKDTree(skel.position[alive]) if alive.size else None
-    step = 0.25 * float(spacing_zyx.min())
-    for a in ends:
-        reach = limits.max_gap_mm + 2 * a.radius + 2 * skel.iso
-        t = np.arange(0.0, reach, step)
-        index = np.rint((a.position + t[:, None] * a.tangent) / spacing_zyx).astype(np.int64) - start
-        inside = np.all((index >= 0) & (index < np.array(region.shape)), axis=1)
-        index = index[inside]
-        if len(index) == 0:
-            continue
-        values = region[tuple(index.T)]
-        hit_piece = region_pieces[tuple(index.T)]
-        own = hit_piece[0] if hit_piece[0] else node_piece[a.node]
-        met = np.flatnonzero((hit_piece != 0) & (hit_piece != own))
-        if met.size == 0:
-            continue
-        first = int(met[0])
-        hit = a.position + t[first] * a.tangent
-        # the skeleton component of the piece met: nearest skeleton node of that piece
+    # -- end to side: an end whose axis, prolonged, runs into another piece (a branch cut off
+    # near its origin, whose stump the skeleton may not show)
+
+    def _end_to_side(self, ends: list[End]) -> list[_Candidate]:
+        alive = np.flatnonzero(self.skel.alive)
+        tree = cKDTree(self.skel.position[alive]) if alive.size else None
+        joins = (self._end_side(a, alive, tree) for a in ends)
+        return [join for join in joins if join is not None]
+
+    def _end_side(self, a: End, alive: np.ndarray, tree: cKDTree | None) -> _Candidate | None:
+        reach = self.limits.max_gap_mm + 2 * a.radius + 2 * self.skel.iso
+        met = self._ray_to_other_piece(a, reach)
+        if met is None:
+            return None
+        distance, piece, crossed = met
+        hit = a.position + distance * a.tangent
+        # The skeleton component of the piece met: the nearest skeleton node of that piece.
         near = alive[tree.query_ball_point(hit, reach)] if tree is not None else np.zeros(0, int)
-        near = near[(node_piece[near] == hit_piece[first]) & (node_volume[near] >= limits.min_piece_mm3)]
+        near = near[(self.node_piece[near] == piece) & self.bridgeable[near]]
         if near.size == 0:
-            continue
-        target_node = int(near[np.argmin(np.linalg.norm(skel.position[near] - hit, axis=1))])
-        if component[target_node] == component[a.node]:
-            continue
-        what = f"end-side {where(a.position)}->{where(hit)}"
-        others = sorted({int(v) for v in np.unique(values[:first])} - {0, label})
-        gap = float(np.count_nonzero(values[:first] == 0)) * step
-        side_radius = float(skel.radius[near].max())
-        reason = _path_refusal(gap, others, limits)
+            return None
+        target_node = int(near[np.argmin(np.linalg.norm(self.skel.position[near] - hit, axis=1))])
+        if self.skel.component[target_node] == self.skel.component[a.node]:
+            return None
+        what = f"end-side {self.region.describe(a.position)}->{self.region.describe(hit)}"
+        gap = float(np.count_nonzero(crossed == 0)) * self.region.sample_step
+        reason = _path_refusal(gap, _other_labels(crossed, self.region.label), self.limits)
         if reason:
-            refuse(f"{what}: {reason}")
-            continue
-        if side_radius < limits.min_radius_ratio * a.radius:
-            refuse(f"{what}: side radius {side_radius:.1f} < branch {a.radius:.1f} mm")
-            continue
+            self._refuse(what, reason)
+            return None
+        # The piece met must not be thinner than the branch.
+        side_radius = float(self.skel.radius[near].max())
+        if side_radius < self.limits.min_radius_ratio * a.radius:
+            self._refuse(what, f"side radius {side_radius:.1f} < branch {a.radius:.1f} mm")
+            return None
         if gap <= 0:
-            continue  # already touching on the original grid: nothing to bridge
-        candidates.append(
-            _Candidate(
-                # End-to-end joins are checked at both ends, so prefer them when close.
-                cost=1.25 * (gap + 0.1 * float(t[first])),
-                kind="end-side",
-                start_node=a.node,
-                end_node=target_node,
-                start=a.position,
-                end=hit + 0.5 * a.radius * a.tangent,  # a little into the side piece
-                radius_start=a.radius,
-                radius_end=a.radius,  # a branch keeps its own calibre up to the trunk
-                gap_mm=gap,
-                angle_deg=0.0,
-                uses_end_node=False,
-            )
+            return None  # already touching on the original grid: nothing to bridge
+        return _Candidate(
+            # End-to-end joins are checked at both ends, so prefer them when close.
+            cost=1.25 * (gap + 0.1 * distance),
+            kind="end-side",
+            start_node=a.node,
+            end_node=target_node,
+            start=a.position,
+            end=hit + 0.5 * a.radius * a.tangent,  # a little into the side piece
+            radius_start=a.radius,
+            radius_end=a.radius,  # a branch keeps its own calibre up to the trunk
+            gap_mm=gap,
+            angle_deg=0.0,
+            uses_end_node=False,
         )
-    return candidates
+
+    def _ray_to_other_piece(self, a: End, reach: float) -> tuple[float, int, np.ndarray] | None:
+        """Follow the end's axis forward on the original grid for up to reach mm. Returns the
+        distance to the first voxel of another piece, that piece, and the region values
+        crossed before it; None when the ray meets no other piece."""
+        t = np.arange(0.0, reach, self.region.sample_step)
+        index = self.region.index_of(a.position + t[:, None] * a.tangent)
+        # The ray starts inside the (convex) box, so this only trims its tail: t still lines up.
+        index = index[np.all((index >= 0) & (index < np.array(self.region.values.shape)), axis=1)]
+        if len(index) == 0:
+            return None
+        values = self.region.values[tuple(index.T)]
+        pieces = self.region_pieces[tuple(index.T)]
+        # The ray starts in the end's own piece; where that first voxel is background, the end
+        # node's piece stands for it.
+        own = pieces[0] if pieces[0] else self.node_piece[a.node]
+        met = np.flatnonzero((pieces != 0) & (pieces != own))
+        if met.size == 0:
+            return None
+        first = int(met[0])
+        return float(t[first]), int(pieces[first]), values[:first]
 
 
 def _choose_joins(candidates: list[_Candidate], component: np.ndarray, node_piece: np.ndarray) -> list[_Candidate]:
@@ -754,36 +837,20 @@ def _choose_joins(candidates: list[_Candidate], component: np.ndarray, node_piec
 # rebuilding and reporting
 
 
-def _paint_tube(
-    region: np.ndarray,
-    start: np.ndarray,
-    label: int,
-    p0: np.ndarray,
-    p1: np.ndarray,
-    r0: float,
-    r1: float,
-    spacing_zyx: np.ndarray,
-) -> int:
-    """Paint the tube {x : |x - s(t)| <= r0 + t (r1 - r0)} around segment p0-p1 (mm from
-    the volume's voxel 0), into background voxels only. Returns the voxels added."""
-    r_max = max(r0, r1)
-    lo = np.floor((np.minimum(p0, p1) - r_max) / spacing_zyx).astype(int) - start
-    hi = np.ceil((np.maximum(p0, p1) + r_max) / spacing_zyx).astype(int) + 1 - start
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, region.shape)
-    if np.any(hi <= lo):
-        return 0
-    grids = np.meshgrid(*[(np.arange(a, b) + o) * s for a, b, o, s in zip(lo, hi, start, spacing_zyx)], indexing="ij")
-    points = np.stack(grids, axis=-1)
-    direction = p1 - p0
-    length_sq = float(direction @ direction)
-    t = np.clip(((points - p0) @ direction) / length_sq, 0.0, 1.0) if length_sq > 0 else np.zeros(points.shape[:-1])
-    closest = p0 + t[..., None] * direction
-    inside = np.linalg.norm(points - closest, axis=-1) <= r0 + t * (r1 - r0)
-    box = region[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    paint = inside & (box == 0)
-    box[paint] = label
-    return int(paint.sum())
+def _build_bridge(region: _Region, cand: _Candidate) -> Bridge:
+    """Paint the chosen join into the region as a tube and describe it for the report."""
+    added = region.paint_tube(cand.start, cand.end, cand.radius_start, cand.radius_end)
+    return Bridge(
+        label=region.label,
+        length_mm=round(cand.gap_mm, 2),
+        radius_start_mm=round(cand.radius_start, 2),
+        radius_end_mm=round(cand.radius_end, 2),
+        start_mm=region.physical(cand.start),
+        end_mm=region.physical(cand.end),
+        voxels_added=added,
+        kind=cand.kind,
+        angle_deg=round(cand.angle_deg, 1),
+    )
 
 
 def _pieces(target: np.ndarray, mask: Volume, slices) -> list[Piece]:

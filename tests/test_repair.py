@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from medseg.labels import Label
+from medseg.params import ParameterError
 from medseg.volumes import Volume
-from postprocess_svc.regions import OperationCancelled
+from medseg.progress import OperationCancelled
 from postprocess_svc.repair import RepairLimits, connect_label, connect_ureters, connect_vessels
 from tests.repair_cases import arc, cut_phantom, dice, paint_tube, pieces, segment, tube_case
 
@@ -206,6 +207,41 @@ def test_bad_limits_masks_and_backends_raise_value_errors():
         connect_label(Volume(array.astype(np.float32) + 0.5), ARTERY)
     with pytest.raises(ValueError, match="graph backend"):
         connect_label(Volume(array), ARTERY, backend="networkx")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("max_gap_mm", 0.0),
+        ("max_gap_mm", math.inf),
+        ("max_angle_deg", 181.0),
+        ("max_angle_deg", math.nan),
+        ("min_radius_ratio", -0.1),
+        ("min_radius_ratio", 1.5),
+        ("min_piece_mm3", -1.0),
+        ("aim_slack_mm", math.nan),
+        ("tangent_length_mm", 0.0),
+        ("skeleton_spacing_mm", 0.05),
+        ("max_gap_mm", "10"),
+    ],
+)
+def test_limits_are_checked_once_by_validate_with_the_request_field_name(field, value):
+    with pytest.raises(ParameterError) as error:
+        RepairLimits(**{field: value}).validate()
+    assert error.value.name == f"limits.{field}"
+
+
+def test_zero_radius_ratio_turns_the_radius_check_off_and_is_accepted():
+    RepairLimits(min_radius_ratio=0.0, max_angle_deg=180.0, min_piece_mm3=0.0, aim_slack_mm=0.0).validate()
+    RepairLimits(min_radius_ratio=1.0).validate()
+
+
+def test_unknown_backend_is_a_parameter_error_named_backend():
+    array = np.zeros((10, 10, 10), np.uint8)
+    array[2:8, 4:6, 4:6] = ARTERY
+    with pytest.raises(ParameterError) as error:
+        connect_label(Volume(array), ARTERY, backend="networkx")
+    assert error.value.name == "backend"
 
 
 # ----------------------------------------------------------------------------------------
