@@ -14,12 +14,13 @@ can be within margin_mm of the kidney, so the result equals the whole-volume com
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
 
-from medseg.labels import NAMES, Label
+from medseg.labels import NAMES, TOTALSEG_KIDNEY_CLASSES, Label, is_kidney_name
+from medseg.params import ParameterError
+from medseg.progress import Cancelled, Progress, report_stage
 from medseg.volumes import Volume
 
 from .regions import (
@@ -27,15 +28,12 @@ from .regions import (
     full_slices,
     label_values_present,
     paste,
-    report_stage,
     require_convention,
     require_same_grid,
 )
 
 DEFAULT_MARGIN_MM = 10.0
-DEFAULT_HU_WINDOW = (-190.0, -30.0)
-# TotalSegmentator v2 `total` kidney classes, used when the organ mask has no label table.
-TOTALSEG_KIDNEY_CLASSES = {2: "kidney_right", 3: "kidney_left"}
+DEFAULT_HU_MIN, DEFAULT_HU_MAX = -190.0, -30.0
 
 
 @dataclass
@@ -59,7 +57,7 @@ def organ_kidney_values(organs: Volume) -> set[int]:
     Without one: TotalSegmentator v2 `total` numbering.
     """
     if organs.labels:
-        return {int(v) for v, name in organs.labels.items() if "kidney" in name.lower() and "cyst" not in name.lower()}
+        return {int(v) for v, name in organs.labels.items() if is_kidney_name(name)}
     return set(TOTALSEG_KIDNEY_CLASSES)
 
 
@@ -76,29 +74,30 @@ def add_fat(
     ct: Volume | None = None,
     *,
     margin_mm: float = DEFAULT_MARGIN_MM,
-    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+    hu_min: float = DEFAULT_HU_MIN,
+    hu_max: float = DEFAULT_HU_MAX,
     craniocaudal_margin_mm: float = 0.0,
     whole_volume: bool = False,
-    progress: Callable[[str, float, str], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    cancelled: Cancelled | None = None,
 ) -> tuple[Volume, FatReport]:
     """Return the mask with perirenal fat (Label.FAT) added on the same grid, and a report.
 
     mask: convention mask with kidney (and tumor, maybe vessels/ureter). Fat already in it
     is replaced. organs: organ mask on the same grid (TotalSegmentator classes); every
     non-zero non-kidney class counts as another organ. ct: HU image on the same grid, or None
-    for the geometric region only. whole_volume: skip the crop (benchmark baseline; output is
-    identical).
+    for the geometric region only; hu_min..hu_max is the fat window on it. whole_volume: skip
+    the crop (benchmark baseline; output is identical).
     """
     report_stage(progress, cancelled, "validate", 0.0, "checking inputs")
     if not margin_mm > 0:
-        raise ValueError(f"margin_mm must be > 0, got {margin_mm}")
-    if craniocaudal_margin_mm < 0:
-        raise ValueError(f"craniocaudal_margin_mm must be >= 0, got {craniocaudal_margin_mm}")
-    if ct is not None:
-        hu_low, hu_high = (float(h) for h in hu_window)
-        if not hu_low < hu_high:
-            raise ValueError(f"hu_window must be (low, high) with low < high, got {hu_window}")
+        raise ParameterError("margin_mm", f"must be positive, got {margin_mm}")
+    if not craniocaudal_margin_mm >= 0:
+        raise ParameterError("craniocaudal_margin_mm", f"must be >= 0, got {craniocaudal_margin_mm}")
+    # The window is checked even without a CT: a bad window is a bad request either way.
+    hu_low, hu_high = float(hu_min), float(hu_max)
+    if not hu_low < hu_high:
+        raise ParameterError("hu_min", f"must be below hu_max, got {hu_low:g} >= {hu_high:g}")
     present = require_convention(mask.array, "mask", NAMES)
     if Label.KIDNEY not in present:
         raise ValueError(f"mask has no kidney (label {int(Label.KIDNEY)}) voxels")

@@ -8,7 +8,6 @@ corners of the index box, and diameters are Euclidean distances between voxel ce
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -16,7 +15,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from medseg.summary import Index3, LabelSummary, Point3, box_mm, index_box, integer_array, summarize_labels
 from medseg.volumes import Volume
-from postprocess_svc.regions import report_stage
+from medseg.progress import Cancelled, Progress, report_stage
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -126,8 +125,8 @@ def measure_mask(
     mask: Volume,
     labels: dict[int, str] | None = None,
     *,
-    progress: Callable[[str, float, str], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    cancelled: Cancelled | None = None,
 ) -> list[LabelMeasurement]:
     """Measure every label present (background excluded), ordered by value.
 

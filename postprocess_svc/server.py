@@ -4,6 +4,7 @@ Run: python -m postprocess_svc.server (configuration from MEDSEG_* environment v
 """
 from __future__ import annotations
 
+from medseg import addresses
 from medseg.labels import Label
 from medseg.postprocess.v1 import postprocess_pb2 as pb
 from medseg.postprocess.v1 import postprocess_pb2_grpc
@@ -19,7 +20,7 @@ from postprocess_svc.measure import measure_mask
 from postprocess_svc.repair import RepairLimits, connect_label
 from postprocess_svc.template import fit_template
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PostprocessService"].full_name
+SERVICE_NAME = addresses.SERVICE_NAMES["postprocess"]
 _BACKENDS = {pb.GRAPH_BACKEND_UNSPECIFIED: "auto", pb.GRAPH_BACKEND_SCIPY: "scipy",
              pb.GRAPH_BACKEND_CUGRAPH: "cugraph"}
 
@@ -27,15 +28,6 @@ _BACKENDS = {pb.GRAPH_BACKEND_UNSPECIFIED: "auto", pb.GRAPH_BACKEND_SCIPY: "scip
 def _box(item) -> vpb.BoundingBox:
     return vpb.BoundingBox(min_index=list(item.min_index), max_index=list(item.max_index),
                            min_mm=list(item.min_mm), max_mm=list(item.max_mm))
-
-
-def _repair_limits(limits: pb.RepairLimits):
-    values = {name: getattr(limits, name) for name in ("max_gap_mm", "max_angle_deg", "min_radius_ratio")
-              if limits.HasField(name)}
-    for name, value in values.items():
-        if value <= 0:
-            raise FieldError(f"params.limits.{name}", f"must be positive, got {value}")
-    return RepairLimits(**values)
 
 
 def _report(report) -> pb.RepairReport:
@@ -59,7 +51,8 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
         params = call.receive(request_iterator)
         mask = call.load_mask("mask", params.mask_path)
         call.unused_inline({"mask"})
-        measurements = yield from call.run(self.queue, lambda progress, cancelled: measure_mask(mask))
+        measurements = yield from call.run(self.queue, lambda progress, cancelled: measure_mask(
+            mask, progress=progress, cancelled=cancelled))
         labels = [pb.LabelMeasurement(
             value=m.value, name=m.name, voxel_count=m.voxel_count, volume_ml=m.volume_ml,
             bbox=_box(m), component_count=m.component_count,
@@ -77,16 +70,9 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
         organs = call.load_mask("organs", params.organs_path)
         ct = call.load("ct", params.ct_path) if call.has_input("ct", params.ct_path) else None
         call.unused_inline({"mask", "organs", "ct"})
-        hu_window = (params.hu_min if params.HasField("hu_min") else -190.0,
-                     params.hu_max if params.HasField("hu_max") else -30.0)
-        if hu_window[0] >= hu_window[1]:
-            raise FieldError("params.hu_min", f"must be below hu_max, got {hu_window}")
-        margin = params.margin_mm if params.HasField("margin_mm") else 10.0
-        if margin <= 0:
-            raise FieldError("params.margin_mm", f"must be positive, got {margin}")
+        options = call.given(params, "margin_mm", "hu_min", "hu_max")
         out, report = yield from call.run(self.queue, lambda progress, cancelled: add_fat(
-            mask, organs, ct, margin_mm=margin, hu_window=hu_window,
-            progress=progress, cancelled=cancelled))
+            mask, organs, ct, **options, progress=progress, cancelled=cancelled))
         output = yield from call.deliver(out, "mask", params.output, "fat")
         yield pb.AddFatResponse(result=pb.AddFatResult(
             output=output, fat_volume_ml=report.fat_volume_ml, used_ct=report.used_ct,
@@ -114,7 +100,7 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
         params = call.receive(request_iterator)
         mask = call.load_mask("mask", params.mask_path)
         call.unused_inline({"mask"})
-        limits = _repair_limits(params.limits)
+        limits = RepairLimits(**call.given(params.limits, "max_gap_mm", "max_angle_deg", "min_radius_ratio"))
         backend = _BACKENDS.get(params.backend)
         if backend is None:
             raise FieldError("params.backend", f"unknown graph backend {params.backend}")

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from medseg.labels import NAMES, Label
+from medseg.progress import Cancelled, Progress, report_stage
 from medseg.volumes import Volume, read_volume
 
 from .regions import (
@@ -36,7 +36,6 @@ from .regions import (
     crop,
     full_slices,
     paste,
-    report_stage,
     require_convention,
 )
 
@@ -269,8 +268,8 @@ def fit_template(
     whole_volume: bool = False,
     registration_spacing_mm: float = REGISTRATION_SPACING_MM,
     iterations: int = 100,
-    progress: Callable[[str, float, str], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    cancelled: Cancelled | None = None,
 ) -> tuple[Volume, FitReport]:
     """Fit the template to the patient's kidney ∪ tumor; return a full convention mask on the
     patient's grid (template artery/vein/ureter/fat warped in, the patient's own labels kept

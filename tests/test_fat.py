@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medseg.labels import NAMES, Label
+from medseg.params import ParameterError
 from medseg.volumes import Volume
 from postprocess_svc.fat import add_fat
 from medseg.progress import OperationCancelled
@@ -171,10 +172,12 @@ def test_bad_inputs_get_clear_errors():
     shifted = Volume(ct.array, spacing=SPACING, origin=(0.0, 0.0, 0.0))
     with pytest.raises(ValueError, match="origin"):
         add_fat(mask, organs, shifted)
-    with pytest.raises(ValueError, match="margin_mm"):
+    with pytest.raises(ParameterError, match="margin_mm") as info:
         add_fat(mask, organs, ct, margin_mm=0)
-    with pytest.raises(ValueError, match="hu_window"):
-        add_fat(mask, organs, ct, hu_window=(-30, -190))
+    assert info.value.name == "margin_mm"
+    with pytest.raises(ParameterError, match="hu_min: must be below hu_max") as info:
+        add_fat(mask, organs, ct, hu_min=-30, hu_max=-190)
+    assert info.value.name == "hu_min"
 
 
 # ---------------------------------------------------------------- phantom with a known fat shell

@@ -5,14 +5,13 @@ import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy.spatial.distance import pdist
 
 from medseg.labels import NAMES, Label
 from medseg.phantom import make_phantom
 from medseg.volumes import Volume
 from postprocess_svc.measure import measure_mask, summarize_labels
-from postprocess_svc.regions import OperationCancelled
+from medseg.progress import OperationCancelled
 
 
 @pytest.fixture(scope="module")
