@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from medseg.labels import is_kidney_name
 from medseg.params import ParameterError
 from medseg.progress import Cancelled, OperationCancelled, Progress
 from medseg.volumes import Volume
@@ -113,7 +114,7 @@ def kidney_voxels(mask: Volume, kidney_labels: Iterable[int] | None = None) -> n
         if not mask.labels:
             raise ValueError("kidney hint has no label table; cannot tell which labels are kidney")
         kidney_labels = [v for v, n in mask.labels.items() if v != 0 and
-                         (("kidney" in n.lower() and "cyst" not in n.lower()) or n.lower() == "tumor")]
+                         (is_kidney_name(n) or n.lower() == "tumor")]
         if not kidney_labels:
             raise ValueError(f"kidney hint's label table {mask.labels} names no kidney label")
     return np.isin(mask.array, np.asarray(list(kidney_labels)))
@@ -531,7 +532,7 @@ def segment_case(predictors: dict[str, TaskPredictor], phases: dict[str, Volume]
 
         results[name] = p.predict({ph: phases[ph] for ph in p.spec.phases if ph in phases}, kidney_crop=kidney_crop,
                                   kidney_hint=hint, progress=sub_progress, cancelled=cancelled)
-        if hint is None and any("kidney" in n for v, n in results[name].labels.items() if v):
+        if hint is None and any(is_kidney_name(n) for v, n in results[name].labels.items() if v):
             hint = results[name]
     return {t: results[t] for t in tasks}
 

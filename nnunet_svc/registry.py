@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from medseg.labels import NAMES as CONVENTION_NAMES
-from medseg.labels import PHASES
+from medseg.labels import PHASES, is_kidney_name
 DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "models" / "registry.yaml"
 REGISTRY_ENV = "MEDSEG_MODEL_REGISTRY"
 
@@ -206,7 +206,7 @@ def _parse_task(name: str, raw: Any, defaults: dict, source: Path) -> TaskSpec:
     if raw.get("kidney_locator") is not None:
         loc_raw = raw["kidney_locator"]
         locator = _parse_model(loc_raw, name, -1, labels, source, map_labels=False)
-        names = loc_raw.get("kidney_labels") or [n for n in locator.model_labels.values() if "kidney" in n]
+        names = loc_raw.get("kidney_labels") or [n for n in locator.model_labels.values() if is_kidney_name(n)]
         try:
             locator_labels = tuple(_resolve_label(n, locator.model_labels, "locator") for n in names)
         except ValueError as err:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from medseg.labels import NAMES as CONVENTION  # noqa: E402
 from medseg.labels import PHASES  # noqa: E402
-from medseg.volumes import Volume, write_volume  # noqa: E402
+from medseg.volumes import write_volume  # noqa: E402
 
 CONV_BY_NAME = {n: v for v, n in CONVENTION.items()}
 

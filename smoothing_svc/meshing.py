@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +50,8 @@ from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
 from medseg.labels import COLORS, STRUCTURES, Label
 from medseg.params import ParameterError
-from medseg.progress import OperationCancelled, Progress
+from medseg.progress import Cancelled, OperationCancelled, Progress
+from medseg.summary import integer_array
 from medseg.volumes import Volume, atomic_write
 
 # Background voxels around each cropped label: closes surfaces that touch the volume border.
@@ -132,30 +132,12 @@ def _unexpected_values(values) -> ValueError:
     return ValueError(f"mask has values outside the label convention: {listed}; allowed: 0=background, {_allowed()}")
 
 
-def _integer_mask(array: np.ndarray) -> np.ndarray:
-    """The mask as an integer array usable by find_objects, without copying integer masks."""
-    if array.ndim != 3:
-        raise ValueError(f"mask must be 3D, got shape {array.shape}")
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        return array
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise ValueError("mask has non-integer values; a label mask holds whole label numbers")
-        return array.astype(np.int32)
-    raise ValueError(f"mask voxel type {array.dtype} is not a label type")
-
-
 def label_boxes(array: np.ndarray) -> dict[int, tuple[slice, slice, slice]]:
     """Bounding box (z, y, x slices) of every non-zero label, in one pass over the mask.
 
     Raises ValueError naming any value outside the label convention.
     """
-    mask = _integer_mask(array)
-    lowest = int(mask.min()) if mask.size else 0
-    if lowest < 0:
-        raise _unexpected_values(np.unique(mask[mask < 0]))
+    mask = integer_array(array)
     highest = int(mask.max()) if mask.size else 0
     if highest == 0:
         return {}
@@ -551,7 +533,7 @@ def mesh_labels(
     mask: Volume,
     options: MeshOptions | None = None,
     progress: Progress | None = None,
-    cancelled: Callable[[], bool] | None = None,
+    cancelled: Cancelled | None = None,
 ) -> list[LabelMesh]:
     """One smoothed, closed surface per label of a convention mask, in physical mm.
 

@@ -35,3 +35,13 @@ def convention_table() -> dict[int, str]:
 # The contrast phases of a case, in acquisition order (the request fields are
 # `<phase>_path`; model registries name their inputs by these).
 PHASES = ("arterial", "portal", "delayed")
+
+# TotalSegmentator's kidney classes (class number -> name), for organ masks without a table.
+TOTALSEG_KIDNEY_CLASSES = {2: "kidney_right", 3: "kidney_left"}
+
+
+def is_kidney_name(name: str) -> bool:
+    """True for a label name that is kidney tissue: the convention's 'kidney' and
+    TotalSegmentator's 'kidney_left' / 'kidney_right', but not its 'kidney_cyst_*'."""
+    name = name.lower()
+    return "kidney" in name and "cyst" not in name

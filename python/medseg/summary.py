@@ -34,9 +34,11 @@ class LabelSummary:
 
 
 # ---------------------------------------------------------------------------- helpers
-def integer_array(mask: Volume) -> np.ndarray:
-    """The mask's voxels as a non-negative integer array (no copy when already one)."""
-    array = np.asarray(mask.array)
+def integer_array(mask: Volume | np.ndarray) -> np.ndarray:
+    """The one mask-to-integer coercer: a mask's voxels (a Volume or its array) as a
+    non-negative integer array, with no copy when already one. Bool becomes uint8; floats
+    are accepted only when every value is whole."""
+    array = np.asarray(mask.array if isinstance(mask, Volume) else mask)
     if array.ndim != 3:
         raise ValueError(f"mask must be 3D, got {array.ndim}D array of shape {array.shape}")
     if array.dtype == bool:
@@ -50,7 +52,8 @@ def integer_array(mask: Volume) -> np.ndarray:
     elif array.dtype.kind not in "ui":
         raise ValueError(f"mask must have an integer voxel type, got {array.dtype}")
     if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
-        raise ValueError(f"mask values must be >= 0, got minimum {int(array.min())}")
+        negative = np.unique(array[array < 0])[:20].tolist()
+        raise ValueError(f"mask values must be >= 0 (label numbers), got negative values {negative}")
     return array
 
 

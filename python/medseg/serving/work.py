@@ -8,11 +8,10 @@ import threading
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from medseg.progress import OperationCancelled
+from medseg.progress import Cancelled, OperationCancelled, Progress
 from medseg.serving.errors import QueueFull
 
-ProgressFn = Callable[[str, float, str], None]
-Work = Callable[[ProgressFn, Callable[[], bool]], Any]
+Work = Callable[[Progress, Cancelled], Any]
 _DONE = object()
 
 
