@@ -166,14 +166,6 @@ def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterabl
             slice(int(start[0]), int(stop[0])))
 
 
-def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
-    """Sub-volume with its origin moved so every voxel keeps its physical position."""
-    start_xyz = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
-    origin = _index_to_physical(volume, start_xyz[None])[0]
-    return Volume(np.ascontiguousarray(volume.array[box]), volume.spacing, tuple(origin), volume.direction,
-                  volume.labels)
-
-
 # ----------------------------------------------------------------------------- nnU-Net glue
 
 def nnunet_properties(volume: Volume) -> dict:
@@ -488,7 +480,7 @@ class TaskPredictor:
                 region = f"full image {reference.size}"
             else:
                 crop, tile_starts = part.tile_crop(reference, box)
-                work = [crop_volume(c, crop) for c in channels]
+                work = [c.crop(crop) for c in channels]
                 region = f"kidney crop {work[0].size} of {reference.size}"
             regions.append(region)
             what = f"model {i + 1}/{n} ({part.spec.folder.parent.name}) on {region}"

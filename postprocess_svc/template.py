@@ -33,7 +33,6 @@ from .regions import (
     Slices,
     bbox_of,
     bbox_of_values,
-    crop,
     full_slices,
     paste,
     require_convention,
@@ -106,7 +105,7 @@ def _coarse_distance_map(volume: Volume, region: Slices, spacing_mm: float) -> t
     """Shape indicator (float) and clamped signed distance map on an isotropic grid of
     spacing_mm covering the region; both keep the volume's physical placement. The distance
     is computed on the native grid (exact boundary) and then sampled down (it is smooth)."""
-    box = crop(volume, region)
+    box = volume.crop(region)
     binary = sitk.GetImageFromArray(_shape_in(volume, region).astype(np.uint8))
     binary.SetSpacing(box.spacing)
     binary.SetOrigin(box.origin)
@@ -217,7 +216,7 @@ def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
 
 
 def _reference(volume: Volume, region: Slices) -> sitk.Image:
-    box = crop(volume, region)
+    box = volume.crop(region)
     reference = sitk.Image([int(n) for n in box.size], sitk.sitkUInt8)
     reference.SetSpacing(box.spacing)
     reference.SetOrigin(box.origin)

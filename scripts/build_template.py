@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from medseg.labels import NAMES, Label  # noqa: E402
 from medseg.phantom import make_phantom  # noqa: E402
 from medseg.volumes import write_volume  # noqa: E402
-from postprocess_svc.regions import bbox_of, crop, margin_voxels  # noqa: E402
+from postprocess_svc.regions import bbox_of, margin_voxels  # noqa: E402
 from postprocess_svc.template import default_template_path  # noqa: E402
 
 TEMPLATE_STRUCTURES = (Label.KIDNEY, Label.ARTERY, Label.VEIN, Label.URETER)
@@ -41,7 +41,7 @@ def build_template(seed: int = 7, spacing_mm: float = 2.0, margin_mm: float = 30
     z_lo = max(0, min(kidney_box[0].start, int(ureter_slices[0]) - pad_z))
     z_hi = min(labels.shape[0], max(kidney_box[0].stop, int(ureter_slices[-1]) + 1 + pad_z))
     box = (slice(z_lo, z_hi), kidney_box[1], kidney_box[2])
-    template = crop(case.labels.with_array(kept, dict(NAMES)), box)
+    template = case.labels.with_array(kept, dict(NAMES)).crop(box)
     template.array = np.ascontiguousarray(template.array)
     return template, case
 

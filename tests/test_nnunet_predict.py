@@ -17,7 +17,7 @@ from medseg.labels import Label
 from medseg.phantom import make_phantom
 from medseg.progress import OperationCancelled
 from medseg.volumes import Volume, read_volume, write_volume
-from nnunet_svc.predict import (TaskPredictor, align_to_reference, crop_volume, find_trainer_class, kidney_region,
+from nnunet_svc.predict import (TaskPredictor, align_to_reference, find_trainer_class, kidney_region,
                                 segment_case)
 from nnunet_svc.registry import load_registry
 
@@ -125,7 +125,7 @@ def test_a_kidney_hint_speck_far_from_the_kidneys_does_not_stretch_the_crop(pred
 def test_crop_volume_keeps_every_voxel_in_place():
     vol = sample_ramp((20, 16, 12), (1.5, 2.0, 2.5), (10.0, -5.0, 3.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
     box = (slice(2, 9), slice(3, 12), slice(5, 17))
-    crop = crop_volume(vol, box)
+    crop = vol.crop(box)
     z, y, x = np.indices(crop.array.shape)
     idx = np.stack([x, y, z, np.ones_like(x)], -1).astype(float)
     phys = (idx @ crop.index_to_physical_matrix().T)[..., :3]

@@ -64,6 +64,13 @@ class Volume:
             and np.allclose(self.direction, other.direction, atol=tol)
         )
 
+    def crop(self, box: tuple[slice, slice, slice]) -> "Volume":
+        """The sub-volume inside a (z, y, x) index box, its origin moved so every voxel keeps
+        its physical position (spacing, direction and labels unchanged; the array is a view)."""
+        z, y, x = (s.start or 0 for s in box)
+        origin = self.index_to_physical_matrix() @ np.array([x, y, z, 1.0])
+        return replace(self, array=self.array[box], origin=tuple(float(v) for v in origin[:3]))
+
     def index_to_physical_matrix(self) -> np.ndarray:
         """4x4 matrix mapping homogeneous voxel index (x, y, z, 1) to LPS mm."""
         m = np.eye(4)
