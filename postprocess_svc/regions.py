@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from medseg.summary import integer_array
+from medseg.summary import integer_array, z_slabs
 from medseg.volumes import Volume
 
 Slices = tuple[slice, slice, slice]
@@ -60,13 +60,12 @@ def bbox_of_values(array: np.ndarray, values, margin_mm: float, spacing: tuple[f
     """bbox_of(np.isin(array, values), ...) computed slab by slab, so no full-size boolean
     copy of a large label map is made."""
     values = list(values)
-    step = max(1, (1 << 22) // max(1, array.shape[1] * array.shape[2]))
     present_z = np.zeros(array.shape[0], dtype=bool)
     present_y = np.zeros(array.shape[1], dtype=bool)
     present_x = np.zeros(array.shape[2], dtype=bool)
-    for start in range(0, array.shape[0], step):
-        slab = np.isin(array[start : start + step], values)
-        present_z[start : start + step] = slab.any(axis=(1, 2))
+    for zs in z_slabs(0, array.shape[0], array.shape[1] * array.shape[2]):
+        slab = np.isin(array[zs], values)
+        present_z[zs] = slab.any(axis=(1, 2))
         present_y |= slab.any(axis=(0, 2))
         present_x |= slab.any(axis=(0, 1))
     if not present_z.any():
@@ -144,9 +143,8 @@ def label_values_present(array: np.ndarray) -> np.ndarray:
         # bincount converts to int64: count slab by slab so the copy stays small.
         counts = np.zeros(hi + 1, dtype=np.int64)
         flat = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
-        step = max(1, (1 << 22) // max(1, flat.shape[1]))
-        for start in range(0, flat.shape[0], step):
-            counts += np.bincount(flat[start : start + step].ravel(), minlength=hi + 1)
+        for rows in z_slabs(0, flat.shape[0], flat.shape[1]):
+            counts += np.bincount(flat[rows].ravel(), minlength=hi + 1)
         return np.flatnonzero(counts)
     return np.unique(array).astype(np.int64)
 

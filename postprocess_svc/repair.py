@@ -263,20 +263,11 @@ def _check_inputs(mask: Volume, label: int) -> int:
         raise ValueError(f"mask must be a 3D label volume, got {mask.array.ndim}D")
     if mask.array.dtype == bool:
         raise ValueError("mask must hold convention label values, not a boolean mask")
-    present = _convention_values(mask.array)
+    # label_values_present counts slab by slab: no int64 copy of the whole mask.
+    present = {int(v) for v in require_convention(mask.array, "mask", NAMES)}
     if label not in present:
         raise ValueError(f"mask has no {NAMES[label]} (label {label}) voxels")
     return label
-
-
-def _convention_values(array: np.ndarray, slab_voxels: int = 1 << 22) -> set[int]:
-    """Values present, checked against the convention slab by slab: a bincount over the
-    whole mask would make an int64 copy of it (8 bytes a voxel, 630 MB at 512x512x300)."""
-    step = max(1, slab_voxels // max(1, array.shape[1] * array.shape[2]))
-    present: set[int] = set()
-    for z in range(0, array.shape[0], step):
-        present.update(int(v) for v in require_convention(array[z : z + step], "mask", NAMES))
-    return present
 
 
 # ----------------------------------------------------------------------------------------

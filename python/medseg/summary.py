@@ -99,12 +99,23 @@ def _counts_and_boxes(array: np.ndarray):
     return sorted(boxes), counts, boxes
 
 
-def _z_chunks(box, voxels: int = 1 << 22):
-    """Split a (z, y, x) box along z into pieces of about `voxels` voxels."""
+# Voxels per slab when a big mask is scanned piece by piece, so temporaries (bool masks,
+# bincount's int64 copy) stay a few MB instead of the mask's size.
+SLAB_VOXELS = 1 << 22
+
+
+def z_slabs(start: int, stop: int, plane_voxels: int, voxels: int = SLAB_VOXELS):
+    """z ranges [start, stop) in slabs of about `voxels` voxels of `plane_voxels` each."""
+    step = max(1, voxels // max(1, plane_voxels))
+    for z in range(start, stop, step):
+        yield slice(z, min(z + step, stop))
+
+
+def _z_chunks(box):
+    """Split a (z, y, x) box along z into slabs."""
     z, y, x = box
-    step = max(1, voxels // max(1, (y.stop - y.start) * (x.stop - x.start)))
-    for start in range(z.start, z.stop, step):
-        yield (slice(start, min(start + step, z.stop)), y, x)
+    for zs in z_slabs(z.start, z.stop, (y.stop - y.start) * (x.stop - x.start)):
+        yield (zs, y, x)
 
 
 def box_mm(matrix: np.ndarray, lo: Index3, hi: Index3) -> tuple[Point3, Point3]:
