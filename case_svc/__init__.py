@@ -1,0 +1,1 @@
+"""Case service: one case job from CT phases to mask, meshes, measurements and report."""
