@@ -1,4 +1,4 @@
-"""The local medseg stack: Envoy + nnunet + smoothing + postprocess under supervisord.
+"""The local medseg stack: Envoy + nnunet + smoothing + postprocess + case under supervisord.
 
     .venv/bin/python gateway_envoy/stack.py up [--services postprocess,smoothing] [--timeout S] [--keep]
     .venv/bin/python gateway_envoy/stack.py down
@@ -12,7 +12,7 @@ waits until every started service answers SERVING through the gateway. `make up`
 integration tests and the benchmarks all go through `Stack` below.
 
 Environment: MEDSEG_DATA_ROOT (default data/), MEDSEG_RUN_DIR (default run/),
-MEDSEG_UP_TIMEOUT (seconds, default 300), MEDSEG_SERVICES (comma list, default all three),
+MEDSEG_UP_TIMEOUT (seconds, default 300), MEDSEG_SERVICES (comma list, default all four),
 MEDSEG_ENVOY_MAX_HEAP_BYTES (overload manager, default 2 GiB), MEDSEG_<SERVICE>_HOST.
 """
 from __future__ import annotations
@@ -76,10 +76,15 @@ def _grpc_stats_services() -> str:
     from medseg.postprocess.v1 import postprocess_pb2  # noqa: F401
     from medseg.smoothing.v1 import smoothing_pb2  # noqa: F401
 
+    from google.longrunning import operations_pb2  # noqa: F401  (case jobs as operations)
+
     pool = descriptor_pool.Default()
     lines = []
-    for name in SERVICES:
-        service = pool.FindServiceByName(addresses.SERVICE_NAMES[name])
+    names = [addresses.SERVICE_NAMES[name] for name in SERVICES]
+    if "case" in SERVICES:
+        names.append(operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name)
+    for full_name in names:
+        service = pool.FindServiceByName(full_name)
         methods = ", ".join(m.name for m in service.methods)
         lines.append(f"                - {{ name: {service.full_name}, method_names: [{methods}] }}")
     return "\n".join(lines)

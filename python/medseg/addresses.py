@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from medseg.cases.v1 import cases_pb2
 from medseg.nnunet.v1 import nnunet_pb2
 from medseg.postprocess.v1 import postprocess_pb2
 from medseg.smoothing.v1 import smoothing_pb2
@@ -18,10 +19,11 @@ SERVICE_NAMES = {
     "nnunet": nnunet_pb2.DESCRIPTOR.services_by_name["NnUNetService"].full_name,
     "smoothing": smoothing_pb2.DESCRIPTOR.services_by_name["SmoothingService"].full_name,
     "postprocess": postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name,
+    "case": cases_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name,
 }
 SERVICES = tuple(SERVICE_NAMES)
 _DEFAULT_PORTS = {"gateway": 8080, "admin": 9901, "nnunet": 50051, "smoothing": 50052,
-                  "postprocess": 50053}
+                  "postprocess": 50053, "case": 50054}
 # Header a client sets on grpc.health.v1 calls so the gateway routes them to that service.
 HEALTH_ROUTE_HEADER = "x-medseg-service"
 

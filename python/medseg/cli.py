@@ -240,6 +240,186 @@ def cmd_segment(client: Client, args) -> int:
     return 0
 
 
+# --- case jobs (medseg case ...) -------------------------------------------------------------
+
+def _case_client(client: Client):
+    from medseg.case_jobs import CaseClient
+
+    return CaseClient(client.channel, timeout=client.timeout or 60.0)
+
+
+class _CaseProgress:
+    """Feeds WatchCase messages to the ProgressPrinter as one line per step."""
+
+    def __init__(self, printer):
+        self.printer = printer
+
+    def __call__(self, message) -> None:
+        from medseg.case_jobs import state_name, step_state_name
+        from medseg.volume.v1 import volume_pb2 as vpb
+
+        if self.printer is None:
+            return
+        if message.HasField("snapshot"):
+            job = message.snapshot
+            line = vpb.Progress(stage=job.progress.step or state_name(job.state).lower(),
+                                fraction=job.progress.fraction, message=job.progress.message)
+        else:
+            event = message.event
+            text = event.message if event.kind != 2 else f"{step_state_name(event.step_state).lower()} {event.message}"
+            line = vpb.Progress(stage=event.step or state_name(event.state).lower(),
+                                fraction=event.fraction, message=text)
+            if event.kind != 3:  # step and state events carry no job fraction
+                line.fraction = self.printer_last_fraction()
+        self._last = line.fraction
+        self.printer(line)
+
+    def printer_last_fraction(self) -> float:
+        return getattr(self, "_last", 0.0)
+
+
+def _print_job(job, as_json: bool = False) -> None:
+    from medseg.case_jobs import state_name, step_state_name
+
+    if as_json:
+        print(json_format.MessageToJson(job))
+        return
+    print(f"job {job.job_id}: {state_name(job.state)} {job.progress.fraction * 100:.0f}%"
+          f"{'  ' + job.display_name if job.display_name else ''}")
+    for step in job.progress.steps:
+        print(f"  {step.name:<16} {step_state_name(step.state):<9} {step.seconds:6.1f}s  {step.note}")
+    for skipped in job.result.skipped:
+        print(f"  skipped task {nn.Task.Name(skipped.task).removeprefix('TASK_').lower()}: {skipped.reason}")
+    if job.HasField("error"):
+        print(f"  error in {job.error.step}: {job.error.code}: {job.error.message}")
+
+
+def _case_inputs(args) -> dict:
+    from medseg.case_jobs import Digest
+
+    inputs = {}
+    for phase in ("arterial", "portal", "delayed"):
+        value = getattr(args, phase)
+        if value is None:
+            continue
+        if value.startswith("sha256:"):
+            inputs[phase] = Digest(value.removeprefix("sha256:"))
+        else:
+            inputs[phase] = Ref(value) if args.by_ref else Path(value)
+    return inputs
+
+
+def _case_submit(client: Client, args):
+    cases = _case_client(client)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    formats = [f.strip() for f in args.mesh_formats.split(",") if f.strip()] if args.mesh_formats else None
+    return cases, cases.submit(**_case_inputs(args), tasks=tasks, fat=not args.no_fat,
+                               mesh_formats=formats, speck_max_mm3=args.speck_max_mm3,
+                               display_name=args.name or "", request_id=args.request_id)
+
+
+def _case_follow(cases, job_id: str, args) -> int:
+    from medseg.case_jobs import state_name
+
+    try:
+        job = cases.wait(job_id, _CaseProgress(args.progress))
+    except KeyboardInterrupt:
+        if args.progress:
+            args.progress.done()
+        print(f"\ndetached; job {job_id} keeps running. Re-attach with: medseg case watch {job_id}",
+              file=sys.stderr)
+        return 130
+    if args.progress:
+        args.progress.done()
+    _print_job(job)
+    return 0 if state_name(job.state) == "SUCCEEDED" else 1
+
+
+def cmd_case_run(client: Client, args) -> int:
+    cases, job = _case_submit(client, args)
+    print(f"job {job.job_id} submitted", file=sys.stderr)
+    code = _case_follow(cases, job.job_id, args)
+    if code == 0:
+        for path in cases.fetch(job.job_id, args.output or job.job_id):
+            print(f"written: {path}")
+    return code
+
+
+def cmd_case_submit(client: Client, args) -> int:
+    _cases, job = _case_submit(client, args)
+    print(job.job_id)
+    return 0
+
+
+def cmd_case_watch(client: Client, args) -> int:
+    return _case_follow(_case_client(client), args.job_id, args)
+
+
+def cmd_case_status(client: Client, args) -> int:
+    _print_job(_case_client(client).get(args.job_id), args.json)
+    return 0
+
+
+def cmd_case_list(client: Client, args) -> int:
+    from medseg.case_jobs import state_name
+
+    for job in _case_client(client).list(args.state):
+        created = job.create_time.ToDatetime().isoformat(timespec="seconds")
+        print(f"{job.job_id}  {state_name(job.state):<9} {job.progress.fraction * 100:4.0f}%  {created}  "
+              f"{job.display_name}")
+    return 0
+
+
+def cmd_case_cancel(client: Client, args) -> int:
+    _print_job(_case_client(client).cancel(args.job_id))
+    return 0
+
+
+def cmd_case_fetch(client: Client, args) -> int:
+    for path in _case_client(client).fetch(args.job_id, args.output, include_work=args.work):
+        print(f"written: {path}")
+    return 0
+
+
+def _add_case_parser(sub) -> None:
+    case = sub.add_parser("case", help="case jobs: phases in, mask + meshes + report out")
+    commands = case.add_subparsers(dest="case_command", required=True)
+    for name, func, text in (("run", cmd_case_run, "upload, submit, follow, fetch the outputs"),
+                             ("submit", cmd_case_submit, "submit and print the job id")):
+        p = commands.add_parser(name, help=text)
+        for phase in ("arterial", "portal", "delayed"):
+            p.add_argument(f"--{phase}", help=f"{phase} phase: local file (uploaded), data-root path "
+                                               "with --by-ref, or sha256:<digest> of an upload")
+        p.add_argument("--tasks", help="comma list of total,tumor,vessels,ureter (default all)")
+        p.add_argument("--no-fat", action="store_true", help="do not add perirenal fat")
+        p.add_argument("--mesh-formats", help="comma list of obj,glb,stl,ply (default obj,glb)")
+        p.add_argument("--speck-max-mm3", type=float, help="pieces below this are removed (default 50)")
+        p.add_argument("--name", help="display name of the job")
+        p.add_argument("--request-id", help="idempotency key (default: a fresh UUID)")
+        p.add_argument("--by-ref", action="store_true", help="phases are paths under the data root")
+        if name == "run":
+            p.add_argument("-o", "--output", help="local folder for the outputs (default: the job id)")
+        p.set_defaults(func=func)
+    p = commands.add_parser("watch", help="follow a job until it ends")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_case_watch)
+    p = commands.add_parser("status", help="a job's state and steps")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_case_status)
+    p = commands.add_parser("list", help="jobs, newest first")
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.set_defaults(func=cmd_case_list)
+    p = commands.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_case_cancel)
+    p = commands.add_parser("fetch", help="download a job's outputs")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", required=True, help="local folder")
+    p.add_argument("--work", action="store_true", help="also the intermediates (work/)")
+    p.set_defaults(func=cmd_case_fetch)
+
+
 # --- parser ------------------------------------------------------------------------------
 
 def _add_io(parser: argparse.ArgumentParser, output_help: str = "output file") -> None:
@@ -332,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-crop", action="store_true")
     _add_io(t, "output folder")
     t.set_defaults(func=cmd_segment)
+    _add_case_parser(sub)
     return parser
 
 

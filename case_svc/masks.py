@@ -1,0 +1,105 @@
+"""Mask arithmetic of a case job, on arrays and geometry only (no gRPC, no store).
+
+Combining the task masks into one convention mask (precedence documented on `combine`),
+merging the repairs back, and removing specks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from medseg.labels import NAMES, Label, convention_table
+from medseg.volumes import Volume
+
+# Task masks follow the convention already; which labels each task contributes.
+TASK_LABELS = {
+    "tumor": (Label.KIDNEY, Label.TUMOR),
+    "vessels": (Label.KIDNEY, Label.ARTERY, Label.VEIN),
+    "ureter": (Label.KIDNEY, Label.URETER),
+}
+# Where the kidney comes from, best first: the tumor model is trained for kidney + tumor on
+# the portal phase; the vessel and ureter models see the kidney only as context.
+KIDNEY_SOURCES = ("tumor", "vessels", "ureter")
+# Labels never cleaned as specks: a small second tumor matters more than a false speck.
+NEVER_CLEANED = (Label.TUMOR,)
+
+
+def on_grid(volume: Volume, reference: Volume) -> Volume:
+    """The mask resampled (nearest neighbour) onto the reference grid, or itself when it is
+    already there (the phases of one acquisition usually share a grid)."""
+    if volume.same_grid(reference):
+        return volume
+    image = sitk.Resample(volume.to_image(), reference.to_image(), sitk.Transform(),
+                          sitk.sitkNearestNeighbor, 0, volume.to_image().GetPixelID())
+    return reference.with_array(sitk.GetArrayFromImage(image), labels=volume.labels)
+
+
+def combine(task_masks: dict[str, Volume], reference: Volume) -> Volume:
+    """One convention mask from the task masks, on the reference grid.
+
+    Precedence (later never overwrites earlier):
+      1. tumor (from the tumor task) over everything;
+      2. kidney from the first task of KIDNEY_SOURCES that ran;
+      3. artery and vein (vessels task), then ureter (ureter task), only into voxels still
+         background: where a kidney model and a tubular model disagree at the hilum, the
+         kidney model's answer stands (its own structure), and the repair steps reconnect
+         the tubes around it.
+    """
+    masks = {task: on_grid(mask, reference).array for task, mask in task_masks.items()}
+    out = np.zeros(reference.array.shape, dtype=np.uint8)
+    if "tumor" in masks:
+        out[masks["tumor"] == Label.TUMOR] = Label.TUMOR
+    for task in KIDNEY_SOURCES:
+        if task in masks:
+            out[(masks[task] == Label.KIDNEY) & (out == 0)] = Label.KIDNEY
+            break
+    for task, label in (("vessels", Label.ARTERY), ("vessels", Label.VEIN), ("ureter", Label.URETER)):
+        if task in masks:
+            out[(masks[task] == label) & (out == 0)] = label
+    return reference.with_array(out, labels=convention_table())
+
+
+def merge_repairs(combined: Volume, repaired: dict[int, Volume]) -> Volume:
+    """The combined mask with each repaired label taken from its repair's output: the vessel
+    repair contributes artery voxels, the ureter repair ureter voxels. A repair only paints
+    into background, so the other labels are unchanged."""
+    out = combined.array.copy()
+    for label, volume in repaired.items():
+        add = (volume.array == label) & ((out == 0) | (out == label))
+        out[add] = label
+    return combined.with_array(out, labels=convention_table())
+
+
+def remove_specks(mask: Volume, max_mm3: float) -> tuple[Volume, list[dict]]:
+    """Remove connected pieces (26-connectivity) of each label that are smaller than
+    `max_mm3` and are not the label's largest piece. The repair steps ran before, so a
+    piece they joined is part of a larger one here. Tumor is never cleaned. Returns the
+    cleaned mask and one record per removed piece: label, voxels, volume_ml, centre_mm."""
+    out = mask.array.copy()
+    removed = []
+    if max_mm3 <= 0:
+        return mask, removed
+    voxel_mm3 = mask.voxel_volume_mm3
+    matrix = mask.index_to_physical_matrix()
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for value in sorted(int(v) for v in np.unique(out) if v):
+        if value in NEVER_CLEANED:
+            continue
+        pieces, count = ndimage.label(out == value, structure)
+        if count < 2:
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        largest = int(np.argmax(sizes)) + 1
+        small = [i + 1 for i, n in enumerate(sizes) if n * voxel_mm3 < max_mm3 and i + 1 != largest]
+        if not small:
+            continue
+        centres = ndimage.center_of_mass(np.ones_like(pieces, dtype=np.uint8), pieces, small)
+        for index, centre in zip(small, centres):
+            zyx = np.asarray(centre)
+            xyz1 = np.array([zyx[2], zyx[1], zyx[0], 1.0])
+            removed.append({"label": NAMES.get(value, str(value)), "voxels": int(sizes[index - 1]),
+                            "volume_ml": float(sizes[index - 1] * voxel_mm3 / 1000.0),
+                            "centre_mm": [round(float(c), 2) for c in (matrix @ xyz1)[:3]]})
+        out[np.isin(pieces, small)] = 0
+    return mask.with_array(out, labels=mask.labels or convention_table()), removed
