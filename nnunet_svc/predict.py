@@ -410,14 +410,6 @@ class TaskPredictor:
             loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False, spec.tile_batch_size)
             self.locator = _Part(spec.locator, loc, None)
 
-    def describe(self) -> dict:
-        """What ListModels reports for this task."""
-        return {
-            "task": self.spec.name, "phases": list(self.spec.phases), "labels": dict(self.spec.labels),
-            "device": str(self.device), "ready": self.ready, "kidney_crop": self.spec.kidney_crop,
-            "models": [str(m.folder) for m in self.spec.models], "folds": [list(m.folds) for m in self.spec.models],
-        }
-
     def warm_up(self) -> None:
         """One prediction per network: moves weights to the device, builds caches (gaussian, cudnn)."""
         for part in self.parts + ([self.locator] if self.locator else []):

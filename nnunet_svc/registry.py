@@ -244,10 +244,3 @@ def load_registry(path: Path | str | None = None) -> dict[str, TaskSpec]:
         raise ValueError(f"model registry {source}: needs a non-empty `tasks` mapping")
     defaults = raw.get("settings") or {}
     return {str(name): _parse_task(str(name), task, defaults, source) for name, task in raw["tasks"].items()}
-
-
-def get_task(registry: dict[str, TaskSpec], name: str) -> TaskSpec:
-    """Look a task up; an unknown name raises ValueError listing the known ones."""
-    if name not in registry:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(registry)}")
-    return registry[name]

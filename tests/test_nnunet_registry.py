@@ -10,7 +10,7 @@ import yaml
 
 from medseg.labels import NAMES, Label
 from medseg.phantom import TOTAL_CLASSES
-from nnunet_svc.registry import DEFAULT_REGISTRY, get_task, load_registry
+from nnunet_svc.registry import DEFAULT_REGISTRY, load_registry
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +53,6 @@ def test_total_merges_part_models_into_totalsegmentator_numbers(registry):
     for model in total.models:
         for m, o in model.label_map.items():
             assert model.model_labels[m] == total.labels[o]
-
-
-def test_unknown_task_is_a_clear_error(registry):
-    with pytest.raises(ValueError, match="unknown task 'liver'.*known tasks"):
-        get_task(registry, "liver")
 
 
 def _write(tmp_path: Path, data: dict) -> Path:

@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from medseg.labels import NAMES, STRUCTURES, Label
-from medseg.phantom import PHASES, TOTAL_CLASSES, make_phantom, write_case
+from medseg.labels import PHASES
+from medseg.phantom import TOTAL_CLASSES, make_phantom
 from medseg.volumes import read_volume
 
 SMALL = (96, 96, 64)
@@ -310,7 +311,7 @@ def test_anatomy_is_plausible():
 
 
 def test_write_round_trip(tmp_path, case):
-    paths = write_case(case, tmp_path / "case")
+    paths = case.write(tmp_path / "case")
     assert set(paths) == {"labels", "organs", *PHASES}
     labels = read_volume(paths["labels"])
     assert labels.same_grid(case.labels)

@@ -14,7 +14,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -223,14 +223,6 @@ class VolumeAssembler:
         if header.labels:
             volume.labels = {e.value: e.name for e in header.labels}
         self.done.append(ReceivedVolume(header.role, volume, digest, volume.array.nbytes))
-
-
-def assemble(chunks: Iterable[pb.VolumeChunk], max_bytes: int = DEFAULT_MAX_VOLUME_BYTES
-             ) -> list[ReceivedVolume]:
-    assembler = VolumeAssembler(max_bytes)
-    for chunk in chunks:
-        assembler.add(chunk)
-    return assembler.finish()
 
 
 # --- NIfTI ---------------------------------------------------------------------------

@@ -354,7 +354,7 @@ def _draw_anatomy(seed: int, tumor: bool) -> dict:
     artery_r, vein_r, ureter_r = u(3.0, 4.0), u(4.5, 5.5), u(2.5, 3.2)
     for side, sign in (("right", -1.0), ("left", 1.0)):
         k = kidneys[side]
-        c, semi, axes, hilum = k["centre_mm"], k["semi_axes_mm"], k["axes"], k["hilum_mm"]
+        semi, axes, hilum = k["semi_axes_mm"], k["axes"], k["hilum_mm"]
         lateral, ap, long = axes[:, 0], axes[:, 1], axes[:, 2]
         inward = lateral * 5.0  # tubes end 5 mm inside the kidney so they join it
         artery_end = hilum + inward + long * 5.0 + ap * 1.0
@@ -617,8 +617,3 @@ def make_phantom(
     phases = {p: Volume(_phase_image(tissue, p, seed, noise_hu), **geometry) for p in PHASES}
     anatomy["grid"] = {"size": list(size), **{k: list(v) for k, v in geometry.items()}}
     return PhantomCase(labels=labels, organs=organs, phases=phases, anatomy=anatomy, seed=seed)
-
-
-def write_case(case: PhantomCase, folder: str | Path) -> dict[str, Path]:
-    """Same as case.write(folder)."""
-    return case.write(folder)
