@@ -250,7 +250,6 @@ def test_unknown_backend_is_a_parameter_error_named_backend():
 
 @pytest.fixture(scope="module")
 def phantom():
-    pytest.importorskip("medseg.phantom")
     # 1.5 mm voxels: renal arteries r ~3-4 mm, ureters r ~2.5-3 mm.
     return cut_phantom(size=(256, 256, 200), seed=0)
 

@@ -9,7 +9,6 @@ Envoy routes all three either way; a service that is not started answers UNAVAIL
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway_envoy.stack import SERVICES, Stack, temporary_stack
+from tests import tools
 
 DEFAULT_TEST_SERVICES = SERVICES
 TOOLS = ("envoy", "supervisord", "grpcurl")
@@ -36,19 +36,17 @@ def wanted_services() -> tuple[str, ...]:
         names = tuple(s.strip() for s in listed.split(",") if s.strip())
     else:
         names = DEFAULT_TEST_SERVICES
-    # A server module that does not exist yet cannot start; leave it out rather than fail.
-    return tuple(s for s in SERVICES if s in names
-                 and importlib.util.find_spec(f"{s}_svc.server") is not None)
+    return tuple(s for s in SERVICES if s in names)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
     missing = [name for name in TOOLS if tool(name) is None]
     if missing:
-        pytest.skip(f"integration tools missing: {missing} (run `make setup`)")
+        tools.missing(f"integration tools {missing} (run `make setup`)")
     services = wanted_services()
     if not services:
-        pytest.skip("no server module available to start")
+        pytest.skip(f"MEDSEG_TEST_SERVICES names no known service ({list(SERVICES)})")
     data_root = tmp_path_factory.mktemp("data")
     # The servers' default drain (6 s) stays: it must outlast Envoy's longest health-check
     # interval (no_traffic_interval 5 s + jitter) for the drain to be seen. A short grace

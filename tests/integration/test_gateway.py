@@ -2,7 +2,6 @@
 paths, by-reference calls with grpcurl, the admin interface, and a draining server."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -105,8 +104,6 @@ def test_unknown_paths_get_unimplemented(stack):
 def test_measure_by_reference_with_grpcurl_json(stack, data_root):
     if "postprocess" not in stack.services:
         pytest.skip("postprocess not started")
-    if importlib.util.find_spec("postprocess_svc.measure") is None:
-        pytest.skip("postprocess_svc.measure has not landed yet")
     array = np.zeros((20, 30, 40), np.uint8)          # (z, y, x)
     array[2:8, 5:15, 10:30] = Label.KIDNEY            # 6 x 10 x 20 = 1200 voxels
     array[12:16, 20:25, 5:8] = Label.TUMOR            # 4 x 5 x 3 = 60 voxels
