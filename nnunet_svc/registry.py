@@ -1,6 +1,6 @@
 """The model registry: which nnU-Net v2 results folders serve which task.
 
-One YAML file (default `models/registry.yaml`, env `MEDSEG_MODEL_REGISTRY` overrides) maps each
+One YAML file (default `models/registry.yaml`; the server takes env `MEDSEG_MODEL_REGISTRY`) maps each
 task to one or more nnU-Net v2 results folders (`dataset.json`, `plans.json`,
 `fold_*/checkpoint_*.pth`), the input phases in channel order, and how each model's labels land
 in the task's output label table. Swapping in real weights is an edit of that file only.
@@ -25,9 +25,6 @@ import yaml
 from medseg.labels import NAMES as CONVENTION_NAMES
 from medseg.labels import PHASES, is_kidney_name
 DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "models" / "registry.yaml"
-REGISTRY_ENV = "MEDSEG_MODEL_REGISTRY"
-
-
 @dataclass
 class ModelSpec:
     """One nnU-Net v2 results folder and how its labels map onto the task's output labels."""
@@ -225,15 +222,9 @@ def _parse_task(name: str, raw: Any, defaults: dict, source: Path) -> TaskSpec:
     )
 
 
-def registry_path(path: Path | str | None = None) -> Path:
-    if path is not None:
-        return Path(path)
-    return Path(os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY)
-
-
 def load_registry(path: Path | str | None = None) -> dict[str, TaskSpec]:
     """Read and check the registry; every folder, checkpoint and label reference must resolve."""
-    source = registry_path(path).resolve()
+    source = Path(path or DEFAULT_REGISTRY).resolve()
     if not source.is_file():
         raise ValueError(f"model registry {source} does not exist")
     try:

@@ -31,7 +31,7 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
         from nnunet_svc.registry import load_registry
 
         self.config = config
-        self.registry = registry if registry is not None else load_registry()
+        self.registry = registry if registry is not None else load_registry(config.model_registry)
         self.predictors: dict = {}
         self.device = "loading"
         # One predictor is not thread-safe and the device is the bottleneck: one worker per

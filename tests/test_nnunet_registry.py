@@ -10,6 +10,7 @@ import yaml
 
 from medseg.labels import NAMES, Label
 from medseg.phantom import TOTAL_CLASSES
+from medseg.serving.config import ServerConfig
 from nnunet_svc.registry import DEFAULT_REGISTRY, load_registry
 
 
@@ -76,7 +77,8 @@ def test_env_variable_selects_the_registry(tmp_path, monkeypatch):
     data = _base()
     data["tasks"] = {"tumor": data["tasks"]["tumor"]}
     monkeypatch.setenv("MEDSEG_MODEL_REGISTRY", str(_write(tmp_path, data)))
-    assert set(load_registry()) == {"tumor"}
+    config = ServerConfig.from_env("nnunet")
+    assert set(load_registry(config.model_registry)) == {"tumor"}
 
 
 @pytest.mark.parametrize(

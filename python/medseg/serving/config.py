@@ -21,7 +21,8 @@ class ServerConfig:
     computations), MEDSEG_<SERVICE>_QUEUE (queued + running before RESOURCE_EXHAUSTED),
     MEDSEG_DRAIN_SECONDS (wait after NOT_SERVING so the gateway notices),
     MEDSEG_GRACE_SECONDS (time in-flight calls get on shutdown); service-specific:
-    MEDSEG_NNUNET_MAX_VOXELS (largest phase nnunet accepts), MEDSEG_MESH_THREADS (VTK threads
+    MEDSEG_MODEL_REGISTRY (nnunet's model registry file), MEDSEG_NNUNET_MAX_VOXELS (largest
+    phase nnunet accepts), MEDSEG_MESH_THREADS (VTK threads
     of the smoothing service). Unset service-specific values are None: the science default
     applies."""
 
@@ -34,6 +35,7 @@ class ServerConfig:
     queue_capacity: int = 8
     drain_seconds: float = 0.0
     grace_seconds: float = 10.0
+    model_registry: Path | None = None
     nnunet_max_voxels: int | None = None
     mesh_threads: int | None = None
 
@@ -55,6 +57,7 @@ class ServerConfig:
             queue_capacity=_env(f"MEDSEG_{up}_QUEUE", 8, int),
             drain_seconds=_env("MEDSEG_DRAIN_SECONDS", 6.0, float),
             grace_seconds=_env("MEDSEG_GRACE_SECONDS", 10.0, float),
+            model_registry=_env("MEDSEG_MODEL_REGISTRY", None, Path),
             nnunet_max_voxels=_env("MEDSEG_NNUNET_MAX_VOXELS", None, int),
             mesh_threads=_env("MEDSEG_MESH_THREADS", None, int),
         )
