@@ -21,7 +21,7 @@ setup: $(BIN)/python
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r nnunet_svc/requirements.txt -r smoothing_svc/requirements.txt \
-	    -r postprocess_svc/requirements.txt -r requirements-dev.txt
+	    -r postprocess_svc/requirements.txt -r case_svc/requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install -q -e "python[server]"
 	$(MAKE) --no-print-directory protos
 

@@ -110,5 +110,7 @@ class VolumeStore:
             volume = read_volume(path)
         except (RuntimeError, ValueError) as exc:
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            # ITK names the file it read: never show a server path.
+            last = last.replace(str(path), "upload").replace(path.name, "upload")
             raise FieldError("data", f"not a readable 3D volume: {last[:200]}") from None
         return {"size": list(volume.size), "spacing": list(volume.spacing)}

@@ -236,8 +236,10 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
         inputs = self._inputs(request)
         run, skipped = pipeline.resolve_tasks(wanted, set(inputs))
         if not run:
-            needs = {p for t in (wanted or pipeline.TASKS) for p in pipeline.TASK_PHASES[t]}
-            missing = [p for p in PHASES if p in needs and p not in inputs]
+            # The field named is the missing phase most of the wanted tasks need.
+            needed_by = {p: sum(p in pipeline.TASK_PHASES[t] for t in wanted or pipeline.TASKS)
+                         for p in PHASES if p not in inputs}
+            missing = sorted((p for p, n in needed_by.items() if n), key=lambda p: -needed_by[p])
             reasons = "; ".join(f"{s['task']}: {s['reason']}" for s in skipped)
             raise FieldError(missing[0] if missing else "portal",
                              f"missing: no task can run ({reasons}); give "

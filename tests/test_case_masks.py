@@ -1,0 +1,98 @@
+"""Case-job mask arithmetic: combining task masks, merging repairs, removing specks; the
+content-addressed upload store; task resolution."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from case_svc import masks, pipeline
+from case_svc.cas import UnknownDigest, VolumeStore
+from medseg.codec import DigestMismatch, VolumeTooLarge
+from medseg.labels import Label
+from medseg.serving.errors import FieldError
+from medseg.volumes import Volume, write_volume
+
+
+def vol(array, spacing=(2.0, 2.0, 2.0)):
+    return Volume(np.asarray(array, dtype=np.uint8), spacing=spacing)
+
+
+def test_combine_precedence():
+    shape = (4, 4, 4)
+    tumor = np.zeros(shape, np.uint8); tumor[0] = Label.KIDNEY; tumor[0, 0] = Label.TUMOR
+    vessels = np.zeros(shape, np.uint8); vessels[0, :, 0] = Label.ARTERY; vessels[1] = Label.VEIN
+    vessels[3] = Label.KIDNEY
+    ureter = np.zeros(shape, np.uint8); ureter[1, 0] = Label.URETER; ureter[2] = Label.URETER
+    out = masks.combine({"tumor": vol(tumor), "vessels": vol(vessels), "ureter": vol(ureter)}, vol(tumor)).array
+    assert out[0, 0, 0] == Label.TUMOR                 # tumor over the artery
+    assert out[0, 1, 0] == Label.KIDNEY                # kidney model's kidney over the artery
+    assert (out[1] == Label.VEIN).all()                # vein before ureter
+    assert (out[2] == Label.URETER).all()
+    assert (out[3] == 0).all()                         # kidney only from the first kidney source
+    only_ureter = masks.combine({"ureter": vol(np.where(ureter > 0, ureter, Label.KIDNEY))}, vol(ureter)).array
+    assert (only_ureter[0] == Label.KIDNEY).all()
+
+
+def test_combine_resamples_onto_the_reference_grid():
+    fine = np.zeros((8, 8, 8), np.uint8); fine[:4] = Label.KIDNEY
+    coarse = vol(np.zeros((4, 4, 4)), spacing=(2.0, 2.0, 2.0))
+    tumor = Volume(fine, spacing=(1.0, 1.0, 1.0), origin=(-0.5, -0.5, -0.5))
+    out = masks.combine({"tumor": tumor}, coarse)
+    assert out.same_grid(coarse) and (out.array[:2] == Label.KIDNEY).all() and (out.array[2:] == 0).all()
+
+
+def test_merge_takes_repaired_labels_into_background_only():
+    combined = np.zeros((3, 3, 3), np.uint8); combined[0, 0, 0] = Label.KIDNEY
+    repaired = np.zeros_like(combined); repaired[0, 0, :] = Label.ARTERY
+    out = masks.merge_repairs(vol(combined), {Label.ARTERY: vol(repaired)}).array
+    assert out[0, 0, 0] == Label.KIDNEY and (out[0, 0, 1:] == Label.ARTERY).all()
+
+
+def test_remove_specks_keeps_the_largest_and_tumor():
+    a = np.zeros((10, 10, 10), np.uint8)
+    a[:5, :5, :5] = Label.ARTERY           # main piece
+    a[8, 8, 8] = Label.ARTERY              # speck: 8 mm3 < 50
+    a[8, 0:4, 0] = Label.ARTERY            # 32 mm3 < 50 too
+    a[0, 8, 8] = Label.TUMOR               # a tiny second tumor stays
+    a[2, 8:10, 8:10] = Label.TUMOR
+    cleaned, removed = masks.remove_specks(vol(a), 50.0)
+    assert np.count_nonzero(cleaned.array == Label.ARTERY) == 125
+    assert np.count_nonzero(cleaned.array == Label.TUMOR) == 5
+    assert sorted(r["voxels"] for r in removed) == [1, 4]
+    assert all(r["label"] == "artery" for r in removed)
+    assert removed[0]["centre_mm"] == [16.0, 16.0, 16.0] or removed[1]["centre_mm"] == [16.0, 16.0, 16.0]
+    same, none = masks.remove_specks(vol(a), 0)
+    assert none == [] and (same.array == a).all()
+
+
+def test_resolve_tasks_skips_tasks_without_their_phases():
+    run, skipped = pipeline.resolve_tasks([], {"portal", "delayed"})
+    assert run == ["total", "tumor", "ureter"]
+    assert skipped == [{"task": "vessels", "reason": "no arterial phase"}]
+
+
+def test_volume_store_is_content_addressed(tmp_path):
+    source = tmp_path / "ct.nii.gz"
+    write_volume(Volume(np.arange(27, dtype=np.int16).reshape(3, 3, 3)), source)
+    data = source.read_bytes()
+    cas = VolumeStore(tmp_path / "root", max_bytes=1 << 20)
+    first = cas.put([data[:100], data[100:]])
+    again = cas.put([data])
+    assert first["sha256"] == again["sha256"] and not first["already_present"] and again["already_present"]
+    assert first["path"].startswith(f"cas/sha256/{first['sha256'][:2]}/") and first["path"].endswith(".nii.gz")
+    assert first["size"] == [3, 3, 3]
+    assert cas.find(first["sha256"]).read_bytes() == data
+    assert not list((tmp_path / "root" / "cas" / "tmp").iterdir())
+    with pytest.raises(UnknownDigest):
+        cas.find("cd" * 32)
+    with pytest.raises(FieldError):
+        cas.find("xyz")
+    with pytest.raises(FieldError):
+        cas.put([gzip.compress(b"not a nifti" * 100)])
+    with pytest.raises(DigestMismatch):
+        cas.put([data], declared_sha256="00" * 32)
+    with pytest.raises(VolumeTooLarge):
+        VolumeStore(tmp_path / "root", max_bytes=10).put([data])
+    assert not list((tmp_path / "root" / "cas" / "tmp").iterdir())
