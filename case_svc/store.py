@@ -129,7 +129,11 @@ class Store:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
         # SQLite allows one writer: serialise this process's writes (others wait in busy_timeout).
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        metadata.create_all(self.engine)
+        with self.engine.begin() as c:
+            if not self.is_sqlite:
+                # Replicas starting together would race to create the tables: one at a time.
+                c.exec_driver_sql("SELECT pg_advisory_xact_lock(7420154)")
+            metadata.create_all(c)
 
     def _begin(self):
         return _Tx(self)

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -235,3 +241,105 @@ def test_a_failing_step_fails_the_job_and_keeps_earlier_outputs(cases, case_stac
     skipped = {s.task: s.reason for s in final.result.skipped}
     assert len(skipped) == 3
     assert all("portal" in reason for reason in skipped.values())
+
+
+# --- two replicas on one Postgres ------------------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway Postgres 15 on a free loopback port (run as the postgres user when root)."""
+    if not (PG_BIN / "initdb").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("postgresql 15 is not installed (.ci/run installs it)")
+        pytest.skip("postgresql 15 not installed (apt-get install -y postgresql)")
+    from gateway_envoy.stack import free_ports
+
+    base = Path(tempfile.mkdtemp(prefix="medseg-pg-"))
+    base.chmod(0o755)
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_ports(1)[0]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "medseg", "--no-sync")
+    run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-w", "-o",
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield f"postgresql+psycopg://medseg@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _replica(case_stack, url: str, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, **case_stack.environment(), "MEDSEG_CASE_DB_URL": url,
+           "MEDSEG_CASE_PORT": str(port), "MEDSEG_GATEWAY": case_stack.gateway,
+           "MEDSEG_CASE_LEASE_SECONDS": "3", "MEDSEG_CASE_WORKERS": "1",
+           "MEDSEG_DRAIN_SECONDS": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "case_svc.server"], env=env, cwd=Path(__file__).parents[2],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def test_two_replicas_on_postgres_split_the_queue_and_take_over(case_stack, postgres_url, phantom, tmp_path):
+    from gateway_envoy.stack import free_ports
+
+    ports = free_ports(2)
+    procs = [_replica(case_stack, postgres_url, p, tmp_path / f"replica{i}.log") for i, p in enumerate(ports)]
+    clients = [CaseClient(f"127.0.0.1:{p}") for p in ports]
+    try:
+        for client, proc, i in zip(clients, procs, range(2)):
+            try:
+                wait_for(lambda c=client: _serving(c), 60, "replica serving", 0.5)
+            except AssertionError:
+                raise AssertionError((tmp_path / f"replica{i}.log").read_text()[-3000:]) from None
+        # Two jobs, submitted to one replica: each replica runs one (one worker each).
+        jobs = [clients[0].submit(**refs("delayed")) for _ in range(2)]
+        owners = wait_for(lambda: (o := {_owner(postgres_url, j.job_id) for j in jobs}) == {
+            f"{socket.gethostname()}:{p}" for p in ports} and o, 60, "both replicas running a job")
+        assert len(owners) == 2
+        # SIGKILL the first replica: its job is taken over by the other once the lease expires.
+        procs[0].kill()
+        procs[0].wait(10)
+        finals = [clients[1].wait(j.job_id) for j in jobs]
+        print("\n" + (tmp_path / "replica1.log").read_text()[-2000:])
+        assert [state_name(f.state) for f in finals] == ["SUCCEEDED", "SUCCEEDED"], [f.error for f in finals]
+        assert max(f.attempts for f in finals) == 2
+        assert {_owner(postgres_url, j.job_id) for j in jobs} == {f"{socket.gethostname()}:{ports[1]}"}
+        assert finals[0].result.outputs[0].sha256 and \
+            {o.name: o.sha256 for o in finals[0].result.outputs if o.name.startswith(("mask", "meshes"))} == \
+            {o.name: o.sha256 for o in finals[1].result.outputs if o.name.startswith(("mask", "meshes"))}
+    finally:
+        for client in clients:
+            client.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def _serving(client: CaseClient) -> bool:
+    try:
+        list(client.list(page_size=1))
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def _owner(url: str, job_id: str) -> str | None:
+    from case_svc.store import Store
+
+    store = Store(url)
+    try:
+        return store.job(job_id)["owner"]
+    finally:
+        store.close()
