@@ -45,7 +45,7 @@ from scipy import ndimage
 from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkPoints, vtkSMPTools
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
-from vtkmodules.vtkFiltersCore import vtkDecimatePro, vtkWindowedSincPolyDataFilter
+from vtkmodules.vtkFiltersCore import vtkDecimatePro, vtkSurfaceNets3D, vtkWindowedSincPolyDataFilter
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
 from medseg.labels import COLORS, STRUCTURES, Label
@@ -70,6 +70,9 @@ DEFAULT_SMOOTHING: dict[int, float] = {
 
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 FORMATS = ("obj", "stl", "ply", "glb")
+# "surface_nets": every label in one pass, shared interfaces (default). "flying_edges": one
+# label at a time with windowed sinc (smoother, sub-voxel surfaces; see the module docstring).
+METHODS = ("surface_nets", "flying_edges")
 
 
 @dataclass
@@ -82,6 +85,7 @@ class MeshOptions:
     min_island_mm3: float = 10.0  # drop connected pieces smaller than this
     coordinate_system: str = "LPS"  # or "RAS"
     threads: int | None = None  # VTK threads; None = every core this process may use
+    method: str = "surface_nets"  # or "flying_edges" (METHODS)
 
 
 @dataclass
@@ -117,6 +121,8 @@ def _validate_options(options: MeshOptions) -> None:
         raise ParameterError("min_island_mm3", f"must be >= 0, got {options.min_island_mm3}")
     if options.coordinate_system.upper() not in COORDINATE_SYSTEMS:
         raise ParameterError("coordinate_system", f"must be one of {COORDINATE_SYSTEMS}, got {options.coordinate_system!r}")
+    if options.method not in METHODS:
+        raise ParameterError("method", f"must be one of {METHODS}, got {options.method!r}")
     if options.labels is not None:
         unknown = sorted({int(v) for v in options.labels} - set(STRUCTURES))
         if unknown:
@@ -481,6 +487,331 @@ def _smooth_group(raws: list[_RawSurface], factor: float) -> list[tuple[np.ndarr
     return [(smoothed[ids[i]], notes[i]) for i in range(len(raws))]
 
 
+# --------------------------------------------------------------------------- surface nets
+
+# Built-in (constrained Laplacian) smoothing of vtkSurfaceNets3D, run once over every label:
+# a factor s of the strongest-smoothed structure present gives SN_ITERATIONS_PER_UNIT * s
+# iterations; points move at most SN_CONSTRAINT voxels (IJK, isotropic in index space).
+SN_ITERATIONS_PER_UNIT = 32
+SN_RELAXATION = 0.5
+SN_CONSTRAINT_SCALE = 2.0  # x half the voxel diagonal (VTK's automatic constraint): 1.73 voxel
+# Per-structure factors for surface nets. Laplacian smoothing (unlike windowed sinc) pulls a
+# tube only 1-3 voxels across towards its axis, and the volume correction then puts that
+# volume back everywhere, so thin structures keep only a fraction of the joint displacement.
+SN_DEFAULT_SMOOTHING: dict[int, float] = {
+    int(Label.KIDNEY): 0.5,
+    int(Label.TUMOR): 0.5,
+    int(Label.FAT): 0.5,
+    int(Label.ARTERY): 0.1,
+    int(Label.VEIN): 0.1,
+    int(Label.URETER): 0.1,
+}
+
+
+def _surface_nets(image: np.ndarray, values: list[int], iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every label of `image` (z, y, x) in one pass: (raw points, smoothed points, triangles,
+    BoundaryLabels) in IJK. Raw points are the voxel-face (Lego) surface; smoothed ones are
+    the same points after VTK's constrained smoothing (the extraction is cached, so the
+    second update only smooths). Faces point from BoundaryLabels[:, 0] to [:, 1]."""
+    nets = vtkSurfaceNets3D()
+    nets.SetInputData(_image_from_binary(image))
+    for i, value in enumerate(values):
+        nets.SetValue(i, value)
+    nets.SetBackgroundLabel(0)
+    nets.SetOutputMeshTypeToTriangles()
+    nets.DataCachingOn()
+    nets.SmoothingOff()
+    nets.Update()
+    raw = vtk_to_numpy(nets.GetOutput().GetPoints().GetData()).astype(np.float64)
+    if iterations > 0:
+        nets.SmoothingOn()
+        nets.SetNumberOfIterations(iterations)
+        nets.SetRelaxationFactor(SN_RELAXATION)
+        nets.AutomaticSmoothingConstraintsOn()
+        nets.SetConstraintScale(SN_CONSTRAINT_SCALE)
+        nets.Update()
+    output = nets.GetOutput()
+    smoothed, faces = _arrays(output)
+    if len(smoothed) != len(raw):
+        raise RuntimeError("surface nets smoothing changed the number of points")
+    labels = vtk_to_numpy(output.GetCellData().GetArray("BoundaryLabels")).astype(np.int64).reshape(-1, 2)
+    return raw, smoothed, faces, labels
+
+
+def _decimate_patches(points: np.ndarray, faces: np.ndarray, labels: np.ndarray,
+                      reduction: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decimate the multi-label surface patch by patch (one patch per label pair), never
+    deleting a patch's boundary vertex: the curves where patches meet keep every vertex,
+    so neighbouring labels still share their interface exactly. Returns (faces, labels,
+    patches left undecimated because decimation would have changed their topology)."""
+    pair = labels[:, 0] * 1000 + labels[:, 1]
+    out_faces, out_labels, skipped = [], [], 0
+    for key in np.unique(pair):
+        selected = pair == key
+        patch = faces[selected]
+        used = np.unique(patch)
+        local = np.searchsorted(used, patch)
+        polydata = _polydata(points[used], local)
+        ids = numpy_to_vtkIdTypeArray(used.astype(np.int64), deep=True)
+        ids.SetName("global_id")
+        polydata.GetPointData().AddArray(ids)
+        decimated = _decimate(polydata, reduction)
+        kept, new_faces = _arrays(decimated)
+        global_ids = decimated.GetPointData().GetArray("global_id")
+        if global_ids is None or len(new_faces) == 0:
+            skipped += 1
+            out_faces.append(patch)
+        else:
+            out_faces.append(vtk_to_numpy(global_ids).astype(np.int64)[new_faces])
+        out_labels.append(np.repeat(labels[selected][:1], len(out_faces[-1]), axis=0))
+    return np.concatenate(out_faces), np.concatenate(out_labels), skipped
+
+
+def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOptions, meshes: dict,
+                       progress: Progress | None, cancelled: Cancelled | None) -> None:
+    """Every present label in one surface-nets pass over the labels' common box.
+
+    Neighbouring labels share points and faces; each label's closed surface is the set of
+    faces with that label on one side, wound so its normals point away from it. Per
+    structure smoothing: one joint smoothing run at the strongest factor present, and each
+    point keeps the fraction (its structures' weakest factor / that factor) of its
+    displacement, so a point shared by two structures moves once, for both.
+    """
+    system = options.coordinate_system.upper()
+    voxel_mm3 = mask.voxel_volume_mm3
+    low = np.min([[s.start for s in boxes[v]] for v in present], axis=0)
+    high = np.max([[s.stop for s in boxes[v]] for v in present], axis=0)
+    image = np.zeros(tuple(high - low + 2 * PAD), np.uint8)
+    core = tuple(slice(PAD, PAD + int(n)) for n in high - low)
+    source = integer_array(mask.array)[tuple(slice(int(a), int(b)) for a, b in zip(low, high))]
+    if len(present) == len(boxes):
+        image[core] = source
+    else:  # a subset: the other labels are background
+        image[core] = np.where(np.isin(source, present), source, 0)
+    origin_xyz = (low - PAD).astype(np.float64)[::-1]
+
+    notes: dict[int, list[str]] = {}
+    meshed = []
+    for value in present:
+        if cancelled and cancelled():
+            raise OperationCancelled("meshing cancelled")
+        box = tuple(slice(s.start - int(o) + PAD, s.stop - int(o) + PAD) for s, o in zip(boxes[value], low))
+        binary = image[box] == value
+        components, count = ndimage.label(binary)
+        sizes = np.bincount(components.reshape(-1), minlength=count + 1)[1:]
+        small = np.flatnonzero(sizes < options.min_island_mm3 / voxel_mm3) + 1
+        if len(small) == count:
+            meshes[value] = _empty_mesh(value, (
+                f"all {count} piece(s) smaller than min_island_mm3={options.min_island_mm3:g} mm3 "
+                f"(largest {sizes.max() * voxel_mm3:.3g} mm3); nothing to mesh"), system)
+            image[box][binary] = 0
+            continue
+        notes[value] = []
+        if len(small):
+            image[box][np.isin(components, small)] = 0
+            notes[value].append(f"dropped {len(small)} island{'s' if len(small) > 1 else ''} "
+                                f"< {options.min_island_mm3:g} mm3")
+        if count - len(small) > 1:
+            notes[value].append(f"{count - len(small)} separate pieces")
+        meshed.append(value)
+    if not meshed:
+        return
+    if progress:
+        progress("mesh", 0.1, f"surface nets over {len(meshed)} label(s)")
+    if options.smoothing is None:
+        factors = {v: SN_DEFAULT_SMOOTHING[v] for v in meshed}
+    else:
+        factors = {v: options.smoothing for v in meshed}
+    strongest = max(factors.values())
+    raw, smoothed, faces, labels = _surface_nets(image, meshed, int(round(SN_ITERATIONS_PER_UNIT * strongest)))
+    raw += origin_xyz
+    smoothed += origin_xyz
+    if strongest > 0 and min(factors.values()) < strongest:
+        weight = np.ones(max(STRUCTURES) + 1)
+        for value, factor in factors.items():
+            weight[value] = factor / strongest
+        face_weight = np.minimum(weight[labels[:, 0]], weight[labels[:, 1]])
+        point_weight = np.ones(len(raw))
+        for w in sorted(set(face_weight.tolist()), reverse=True):  # weakest written last
+            point_weight[faces[face_weight == w].reshape(-1)] = w
+        smoothed = raw + point_weight[:, None] * (smoothed - raw)
+    # A structure cut by the edge of the scan ends in a flat cap on the volume's border: the
+    # cap stays in that plane (smoothing would round it off and pull the end inwards by up
+    # to the constraint, 1.7 voxel, shifting a vessel's centroid).
+    border = np.zeros(len(raw), bool)
+    for axis, n in enumerate(mask.size):
+        for plane in (-0.5, n - 0.5):
+            on_plane = raw[:, axis] == plane
+            smoothed[on_plane, axis] = plane
+            border |= on_plane
+    if cancelled and cancelled():
+        raise OperationCancelled("meshing cancelled")
+    if progress:
+        progress("mesh", 0.6, "closed surface per label")
+    # Where surface nets split a non-manifold corner into coincident copies of a point, a
+    # label may need those copies as one point to close: per label, copies on open edges are
+    # merged (ids), and every copy of such a point takes their mean position (for all labels).
+    remaps = {v: _closing_remap(_outward(faces, labels, v), raw, smoothed) for v in meshed}
+    label_faces = {v: _remapped(_outward(faces, labels, v), remaps[v]) for v in meshed}
+    if strongest > 0:
+        # Volume per piece back to its voxel volume; smallest label first, and points a label
+        # has settled stay put for the next one, so shared points move once.
+        movable = ~border
+        for value in sorted(meshed, key=lambda v: len(label_faces[v])):
+            restored, _ = _keep_volume(smoothed, raw, label_faces[value], movable)
+            if restored:
+                notes[value].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
+            movable[label_faces[value].reshape(-1)] = False
+            for other, remap in remaps.items():  # merged copies follow the point kept
+                if remap is not None:
+                    merged = np.flatnonzero(remap != np.arange(len(remap)))
+                    smoothed[merged] = smoothed[remap[merged]]
+    if options.decimation > 0:
+        before = len(faces)
+        faces, labels, skipped = _decimate_patches(smoothed, faces, labels, options.decimation)
+        label_faces = {v: _remapped(_outward(faces, labels, v), remaps[v]) for v in meshed}
+        for value in meshed:
+            notes[value].append(f"decimated {before} -> {len(faces)} faces (all labels, interfaces shared)"
+                                + (f"; {skipped} patch(es) kept whole" if skipped else ""))
+    for value in meshed:
+        label = label_faces[value]
+        points = smoothed
+        if remaps[value] is not None and not is_closed_and_consistent(label, len(points)):
+            label, extra = _split_nonmanifold_edges(label, smoothed)
+            points = np.concatenate([smoothed, extra])
+        used = np.unique(label)
+        meshes[value] = _to_mesh(mask, value, points[used], np.searchsorted(used, label), notes[value], options)
+
+
+# How far (voxels) a split point's copy moves into its own fan, so the copies stay distinct.
+SPLIT_OFFSET = 0.02
+
+
+def _split_nonmanifold_edges(faces: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Give each fan of faces around a point on an edge shared by four faces (two voxels of
+    one label touching along a voxel edge) its own copy of that point, so the surface is
+    edge-manifold and closed. Each copy moves SPLIT_OFFSET voxel towards its fan's centre
+    (coincident copies would make the pieces touch again). Returns (faces, positions of
+    the new points n, n+1, ...)."""
+    n = len(points)
+    a = faces.reshape(-1)
+    b = faces[:, [1, 2, 0]].reshape(-1)
+    directed, counts = np.unique(a * n + b, return_counts=True)
+    bad = directed[counts > 1]
+    if len(bad) == 0:
+        return faces, np.zeros((0, 3))
+    bad_undirected = set(np.minimum(bad // n, bad % n) * n + np.maximum(bad // n, bad % n))
+    faces = faces.copy()
+    extra: list[np.ndarray] = []
+    for v in np.unique(np.concatenate([bad // n, bad % n])):
+        incident = np.flatnonzero(np.any(faces == v, axis=1))
+        parent = {int(f): int(f) for f in incident}
+
+        def root(f: int) -> int:
+            while parent[f] != f:
+                parent[f] = parent[parent[f]]
+                f = parent[f]
+            return f
+
+        outgoing: dict[int, list[int]] = {}  # w -> faces with v -> w
+        incoming: dict[int, list[int]] = {}  # w -> faces with w -> v
+        for f in incident:
+            corner = int(np.flatnonzero(faces[f] == v)[0])
+            outgoing.setdefault(int(faces[f][(corner + 1) % 3]), []).append(int(f))
+            incoming.setdefault(int(faces[f][(corner + 2) % 3]), []).append(int(f))
+        for w, out_faces in outgoing.items():
+            key = min(v, w) * n + max(v, w)
+            if key in bad_undirected or len(out_faces) != 1 or len(incoming.get(w, [])) != 1:
+                continue
+            parent[root(out_faces[0])] = root(incoming[w][0])
+        fans: dict[int, list[int]] = {}
+        for f in incident:
+            fans.setdefault(root(int(f)), []).append(int(f))
+        for fan in list(fans.values())[1:]:
+            rows = np.array(fan)
+            towards = points[faces[rows].reshape(-1) % n].mean(axis=0) - points[v]
+            length = np.linalg.norm(towards)
+            extra.append(points[v] + (SPLIT_OFFSET * towards / length if length > 0 else 0.0))
+            faces[rows] = np.where(faces[rows] == v, n + len(extra) - 1, faces[rows])
+    return faces, np.array(extra).reshape(-1, 3)
+
+
+def _open_edge_points(faces: np.ndarray, n: int) -> np.ndarray:
+    """Points on directed edges whose reverse edge no face has (holes, or flipped faces)."""
+    a = faces.reshape(-1)
+    b = faces[:, [1, 2, 0]].reshape(-1)
+    missing = ~np.isin(a * n + b, b * n + a)
+    return np.unique(np.concatenate([a[missing], b[missing]]))
+
+
+def _closing_remap(faces: np.ndarray, raw: np.ndarray, smoothed: np.ndarray) -> np.ndarray | None:
+    """Point id map merging this label's coincident point copies that lie on open edges
+    (None when the label is closed as it is). The copies' smoothed positions are set to
+    their mean in place, so every label sees one position."""
+    candidates = _open_edge_points(faces, len(raw))
+    if len(candidates) == 0:
+        return None
+    keys = np.rint(raw[candidates] * 2).astype(np.int64)
+    order = np.lexsort(keys.T[::-1])
+    keys, candidates = keys[order], candidates[order]
+    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
+    group = np.cumsum(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)]) - 1
+    first = candidates[starts][group]
+    if np.all(first == candidates):
+        return None
+    remap = np.arange(len(raw))
+    remap[candidates] = first
+    for g in np.flatnonzero(np.bincount(group) > 1):
+        members = candidates[group == g]
+        smoothed[members] = smoothed[members].mean(axis=0)
+    return remap
+
+
+def _remapped(faces: np.ndarray, remap: np.ndarray | None) -> np.ndarray:
+    if remap is None:
+        return faces
+    faces = remap[faces]
+    return faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+
+
+def _outward(faces: np.ndarray, labels: np.ndarray, value: int) -> np.ndarray:
+    """The faces of one label, wound so their normals point out of it (surface nets winds
+    each face from BoundaryLabels[:, 0] towards [:, 1])."""
+    own = (labels[:, 0] == value) | (labels[:, 1] == value)
+    selected = faces[own]
+    flip = labels[own, 1] == value
+    selected[flip] = selected[flip][:, ::-1]
+    return selected
+
+
+def _to_mesh(mask: Volume, value: int, vertices: np.ndarray, faces: np.ndarray, notes: list[str],
+             options: MeshOptions) -> LabelMesh:
+    """IJK vertices and outward faces -> LabelMesh in mm in the requested system."""
+    matrix = mask.index_to_physical_matrix()
+    linear = matrix[:3, :3]
+    vertices = vertices @ linear.T + matrix[:3, 3]
+    if np.linalg.det(linear) < 0:  # a mirroring direction matrix turns outward normals inward
+        faces = faces[:, ::-1].copy()
+    system = options.coordinate_system.upper()
+    if system == "RAS":
+        vertices[:, :2] *= -1.0  # LPS -> RAS is a rotation (det +1): winding unchanged
+    closed = is_closed_and_consistent(faces, len(vertices))
+    if not closed:
+        notes = notes + ["surface is not closed"]
+    return LabelMesh(
+        value=value,
+        name=STRUCTURES[value],
+        color=COLORS[value],
+        vertices=vertices,
+        faces=faces,
+        volume_ml=signed_volume(vertices, faces) / 1000.0,
+        area_mm2=surface_area(vertices, faces),
+        closed=closed,
+        note="; ".join(notes),
+        coordinate_system=system,
+    )
+
+
 def _finish(mask: Volume, raw: _RawSurface, vertices: np.ndarray, notes: list[str], options: MeshOptions) -> LabelMesh:
     """Smoothed IJK vertices -> (decimated) outward-wound LabelMesh in mm."""
     notes = raw.notes + notes
@@ -492,29 +823,7 @@ def _finish(mask: Volume, raw: _RawSurface, vertices: np.ndarray, notes: list[st
             vertices, faces = decimated, decimated_faces
         else:
             notes.append("decimation would open the surface; kept all faces")
-    matrix = mask.index_to_physical_matrix()
-    linear = matrix[:3, :3]
-    vertices = vertices @ linear.T + matrix[:3, 3]
-    if np.linalg.det(linear) < 0:  # a mirroring direction matrix turns outward normals inward
-        faces = faces[:, ::-1].copy()
-    system = options.coordinate_system.upper()
-    if system == "RAS":
-        vertices[:, :2] *= -1.0  # LPS -> RAS is a rotation (det +1): winding unchanged
-    closed = is_closed_and_consistent(faces, len(vertices))
-    if not closed:
-        notes.append("surface is not closed")
-    return LabelMesh(
-        value=raw.value,
-        name=STRUCTURES[raw.value],
-        color=COLORS[raw.value],
-        vertices=vertices,
-        faces=faces,
-        volume_ml=signed_volume(vertices, faces) / 1000.0,
-        area_mm2=surface_area(vertices, faces),
-        closed=closed,
-        note="; ".join(notes),
-        coordinate_system=system,
-    )
+    return _to_mesh(mask, raw.value, vertices, faces, notes, options)
 
 
 def _groups(values: list[int]) -> list[list[int]]:
@@ -527,6 +836,37 @@ def _groups(values: list[int]) -> list[list[int]]:
         groups.append(group)
         done.update(group)
     return groups
+
+
+def _mesh_flying_edges(mask: Volume, present: list[int], boxes, options: MeshOptions, meshes: dict,
+                       progress: Progress | None, cancelled: Cancelled | None) -> None:
+    """One label at a time: crop, flying edges, windowed sinc (JOINT_GROUPS smoothed together)."""
+    system = options.coordinate_system.upper()
+    finished = 0
+    for group in _groups(present):
+        raws = []
+        for value in group:
+            if cancelled and cancelled():
+                raise OperationCancelled("meshing cancelled")
+            if progress:
+                progress("mesh", finished / len(present), f"meshing {STRUCTURES[value]}")
+            raw = _raw_surface(mask, value, boxes[value], options.min_island_mm3)
+            if isinstance(raw, str):
+                meshes[value] = _empty_mesh(value, raw, system)
+                finished += 1
+            else:
+                raws.append(raw)
+        if not raws:
+            continue
+        # Grouped labels share one factor: the first label's (all organs, 0.5 by default).
+        factor = DEFAULT_SMOOTHING[raws[0].value] if options.smoothing is None else options.smoothing
+        if factor <= 0:
+            smoothed = [(r.vertices.copy(), []) for r in raws]
+        else:
+            smoothed = _smooth_group(raws, factor)
+        for raw, (vertices, notes) in zip(raws, smoothed):
+            meshes[raw.value] = _finish(mask, raw, vertices, notes, options)
+            finished += 1
 
 
 def mesh_labels(
@@ -561,31 +901,10 @@ def mesh_labels(
         if value not in boxes:
             meshes[value] = _empty_mesh(value, f"label {value} ({STRUCTURES[value]}) has no voxels in the mask", system)
     present = [v for v in wanted if v in boxes]
-    finished = 0
-    for group in _groups(present):
-        raws = []
-        for value in group:
-            if cancelled and cancelled():
-                raise OperationCancelled("meshing cancelled")
-            if progress:
-                progress("mesh", finished / len(present), f"meshing {STRUCTURES[value]}")
-            raw = _raw_surface(mask, value, boxes[value], options.min_island_mm3)
-            if isinstance(raw, str):
-                meshes[value] = _empty_mesh(value, raw, system)
-                finished += 1
-            else:
-                raws.append(raw)
-        if not raws:
-            continue
-        # Grouped labels share one factor: the first label's (all organs, 0.5 by default).
-        factor = DEFAULT_SMOOTHING[raws[0].value] if options.smoothing is None else options.smoothing
-        if factor <= 0:
-            smoothed = [(r.vertices.copy(), []) for r in raws]
-        else:
-            smoothed = _smooth_group(raws, factor)
-        for raw, (vertices, notes) in zip(raws, smoothed):
-            meshes[raw.value] = _finish(mask, raw, vertices, notes, options)
-            finished += 1
+    if options.method == "flying_edges":
+        _mesh_flying_edges(mask, present, boxes, options, meshes, progress, cancelled)
+    else:
+        _mesh_surface_nets(mask, present, boxes, options, meshes, progress, cancelled)
     if progress:
         progress("mesh", 1.0, f"meshed {len(present)} label(s)")
     return [meshes[v] for v in wanted]

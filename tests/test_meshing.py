@@ -449,7 +449,9 @@ def test_single_voxel_label():
     assert "kept unsmoothed" in kept.note  # smoothing would shrink it to a point
     voxel_centre = mask.index_to_physical_matrix() @ [4, 4, 2, 1]
     np.testing.assert_allclose(kept.vertices.mean(axis=0), voxel_centre[:3], atol=1e-6)
-    assert 0 < kept.volume_ml * 1000 < SPACING.prod()
+    # Unsmoothed, a lone voxel's surface is its own box (surface nets) or the octahedron
+    # through its face centres (flying edges): never more than the voxel.
+    assert 0 < kept.volume_ml * 1000 <= SPACING.prod() * (1 + 1e-9)
     with pytest.raises(ValueError, match="no mesh has a surface"):
         write_meshes([dropped], "/tmp/unused.obj")
 
@@ -592,8 +594,9 @@ def test_kidney_tumor_fat_junction_has_no_gap_or_overlap():
 
 
 def test_each_label_is_contoured_inside_its_own_box(monkeypatch):
-    """Memory follows the structure: the contour sees a crop of the label's bounding box
-    plus the padding, never the whole volume."""
+    """Memory follows the structure: flying edges sees a crop of each label's bounding box
+    plus the padding, surface nets the box of all labels plus the padding; never the whole
+    volume."""
     import smoothing_svc.meshing as meshing
 
     array = np.zeros((60, 200, 200), np.uint8)
@@ -602,8 +605,15 @@ def test_each_label_is_contoured_inside_its_own_box(monkeypatch):
     seen = []
     original = meshing._contour
     monkeypatch.setattr(meshing, "_contour", lambda binary: seen.append(binary.shape) or original(binary))
-    meshes = mesh_labels(Volume(array, tuple(SPACING)))
+    meshes = mesh_labels(Volume(array, tuple(SPACING)), MeshOptions(method="flying_edges"))
     pad = 2 * meshing.PAD
     assert sorted(seen) == sorted([(10 + pad, 20 + pad, 5 + pad), (4 + pad, 40 + pad, 80 + pad)])
     for mesh in meshes:
         assert_closed(mesh)
+    seen.clear()
+    original_nets = meshing._surface_nets
+    monkeypatch.setattr(meshing, "_surface_nets",
+                        lambda image, *args: seen.append(image.shape) or original_nets(image, *args))
+    for mesh in mesh_labels(Volume(array, tuple(SPACING))):
+        assert_closed(mesh)
+    assert seen == [(34 + pad, 160 + pad, 140 + pad)]
