@@ -7,7 +7,6 @@ its geometry kept exact, work there, and paste the result back into the full gri
 Stable API (other modules import it):
     bbox_of(mask_bool, margin_mm, spacing) -> tuple[slice, slice, slice]
     bbox_of_values(label_array, values, margin_mm, spacing) -> same, without a full-size copy
-    crop(volume, slices) -> Volume
     paste(full_array, slices, cropped_array) -> full_array
     grid_mismatch(reference, other) -> str | None
     require_same_grid(reference, other, what, reference_name="mask")
@@ -81,20 +80,6 @@ def bbox_of_values(array: np.ndarray, values, margin_mm: float, spacing: tuple[f
 def full_slices(shape: tuple[int, ...]) -> Slices:
     """Slices covering a whole (z, y, x) array."""
     return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
-
-
-def crop(volume: Volume, slices: Slices) -> Volume:
-    """The sub-volume inside slices, with its origin moved so every voxel keeps its
-    physical position (direction and spacing unchanged). The array is a view."""
-    z, y, x = (s.start or 0 for s in slices)
-    origin = volume.index_to_physical_matrix() @ np.array([x, y, z, 1.0])
-    return Volume(
-        array=volume.array[slices],
-        spacing=volume.spacing,
-        origin=tuple(origin[:3]),
-        direction=volume.direction,
-        labels=volume.labels,
-    )
 
 
 def paste(full_array: np.ndarray, slices: Slices, cropped_array: np.ndarray) -> np.ndarray:
