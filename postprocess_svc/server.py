@@ -19,6 +19,7 @@ from postprocess_svc.graph import select_backend
 from postprocess_svc.measure import measure_mask
 from postprocess_svc.repair import RepairLimits, connect_label
 from postprocess_svc.template import fit_template
+from postprocess_svc.tumor import tumor_facts
 
 SERVICE_NAME = addresses.SERVICE_NAMES["postprocess"]
 _BACKENDS = {pb.GRAPH_BACKEND_UNSPECIFIED: "auto", pb.GRAPH_BACKEND_SCIPY: "scipy",
@@ -28,6 +29,24 @@ _BACKENDS = {pb.GRAPH_BACKEND_UNSPECIFIED: "auto", pb.GRAPH_BACKEND_SCIPY: "scip
 def _box(item) -> vpb.BoundingBox:
     return vpb.BoundingBox(min_index=list(item.min_index), max_index=list(item.max_index),
                            min_mm=list(item.min_mm), max_mm=list(item.max_mm))
+
+
+def _present(**fields) -> dict:
+    """Keyword arguments without the None values (unset optional fields)."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _tumor(facts) -> pb.TumorFacts:
+    renal = facts.renal
+    return pb.TumorFacts(
+        voxel_count=facts.voxel_count, volume_ml=facts.volume_ml, centroid_mm=list(facts.centroid_mm),
+        max_diameter_mm=facts.max_diameter_mm, side=facts.side, notes=list(facts.notes),
+        polar_location=facts.polar_location or "", sinus_source=facts.sinus_source or "",
+        renal=pb.RenalScore(radius=renal.radius, anterior=renal.anterior or "", **_present(
+            exophytic=renal.exophytic, nearness=renal.nearness, location=renal.location, total=renal.total)),
+        **_present(exophytic_fraction=facts.exophytic_fraction, distance_to_sinus_mm=facts.distance_to_sinus_mm,
+                   distance_to_artery_mm=facts.distance_to_artery_mm,
+                   distance_to_vein_mm=facts.distance_to_vein_mm))
 
 
 def _report(report) -> pb.RepairReport:
@@ -51,8 +70,11 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
         params = call.receive(request_iterator)
         mask = call.load_mask("mask", params.mask_path)
         call.unused_inline({"mask"})
-        measurements = yield from call.run(self.queue, lambda progress, cancelled: measure_mask(
-            mask, progress=progress, cancelled=cancelled))
+        def work(progress, cancelled):
+            measured = measure_mask(mask, progress=progress, cancelled=cancelled)
+            return measured, (tumor_facts(mask) if params.tumor_facts else [])
+
+        measurements, tumors = yield from call.run(self.queue, work)
         labels = [pb.LabelMeasurement(
             value=m.value, name=m.name, voxel_count=m.voxel_count, volume_ml=m.volume_ml,
             bbox=_box(m), component_count=m.component_count,
@@ -60,7 +82,8 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
             components=[pb.Component(voxel_count=c.voxel_count, volume_ml=c.volume_ml, bbox=_box(c),
                                      largest_diameter_mm=c.largest_diameter_mm)
                         for c in m.components]) for m in measurements]
-        yield pb.MeasureResponse(result=pb.MeasureResult(labels=labels, info=call.info()))
+        yield pb.MeasureResponse(result=pb.MeasureResult(labels=labels, tumors=[_tumor(t) for t in tumors],
+                                                         info=call.info()))
 
     @streaming_rpc
     def AddFat(self, request_iterator, context):

@@ -87,6 +87,17 @@ def test_measure_inline_matches_ground_truth(client, case):
     assert {m.value: m.voxel_count for m in out.result.labels} == {int(v): int(c) for v, c in counts.items() if v}
 
 
+def test_measure_with_tumor_facts_over_grpc(client, case):
+    out = client.measure(case.labels, tumor_facts=True)
+    (tumor,) = out.result.tumors
+    truth = case.anatomy["tumor"]
+    assert tumor.side == truth["side"]
+    assert abs(tumor.max_diameter_mm - 2 * truth["radius_mm"]) < 3 * max(case.labels.spacing)
+    assert tumor.renal.radius in (1, 2, 3) and tumor.renal.anterior in ("a", "p", "x")
+    assert tumor.HasField("exophytic_fraction") and 0 <= tumor.exophytic_fraction <= 1
+    assert not client.measure(case.labels).result.tumors  # only when asked
+
+
 def test_connect_vessels_and_ureters_report_what_they_did(client, case):
     cut = case.labels.array.copy()
     artery_z = np.nonzero(cut == Label.ARTERY)[0]

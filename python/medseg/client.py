@@ -139,10 +139,12 @@ class Client:
 
     # --- postprocess -----------------------------------------------------------------
 
-    def measure(self, mask: Input, progress: ProgressFn | None = None) -> CallResult:
+    def measure(self, mask: Input, progress: ProgressFn | None = None, *, tumor_facts: bool = False) -> CallResult:
+        """Volumes, boxes, components and diameters per label; with `tumor_facts`, the
+        facts about each tumor piece too (side, polar location, exophytic share, ...)."""
         inputs = {"mask": mask}
         return self._call(self.postprocess.Measure, pp.MeasureRequest,
-                          pp.MeasureParams(**_path_fields(inputs)), inputs, progress)
+                          pp.MeasureParams(tumor_facts=tumor_facts, **_path_fields(inputs)), inputs, progress)
 
     def add_fat(self, mask: Input, organs: Input, ct: Input = None, *, margin_mm=None,
                 hu_min=None, hu_max=None, output=None, inline=None, progress=None) -> CallResult:

@@ -242,10 +242,12 @@ class ConnectUretersResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[ConnectUretersResult, _Mapping]] = ...) -> None: ...
 
 class MeasureParams(_message.Message):
-    __slots__ = ("mask_path",)
+    __slots__ = ("mask_path", "tumor_facts")
     MASK_PATH_FIELD_NUMBER: _ClassVar[int]
+    TUMOR_FACTS_FIELD_NUMBER: _ClassVar[int]
     mask_path: str
-    def __init__(self, mask_path: _Optional[str] = ...) -> None: ...
+    tumor_facts: bool
+    def __init__(self, mask_path: _Optional[str] = ..., tumor_facts: _Optional[bool] = ...) -> None: ...
 
 class MeasureRequest(_message.Message):
     __slots__ = ("params", "chunk")
@@ -288,12 +290,60 @@ class LabelMeasurement(_message.Message):
     def __init__(self, value: _Optional[int] = ..., name: _Optional[str] = ..., voxel_count: _Optional[int] = ..., volume_ml: _Optional[float] = ..., bbox: _Optional[_Union[_volume_pb2.BoundingBox, _Mapping]] = ..., component_count: _Optional[int] = ..., largest_diameter_mm: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ...) -> None: ...
 
 class MeasureResult(_message.Message):
-    __slots__ = ("labels", "info")
+    __slots__ = ("labels", "info", "tumors")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    TUMORS_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[LabelMeasurement]
     info: _volume_pb2.ResultInfo
-    def __init__(self, labels: _Optional[_Iterable[_Union[LabelMeasurement, _Mapping]]] = ..., info: _Optional[_Union[_volume_pb2.ResultInfo, _Mapping]] = ...) -> None: ...
+    tumors: _containers.RepeatedCompositeFieldContainer[TumorFacts]
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelMeasurement, _Mapping]]] = ..., info: _Optional[_Union[_volume_pb2.ResultInfo, _Mapping]] = ..., tumors: _Optional[_Iterable[_Union[TumorFacts, _Mapping]]] = ...) -> None: ...
+
+class RenalScore(_message.Message):
+    __slots__ = ("radius", "exophytic", "nearness", "anterior", "location", "total")
+    RADIUS_FIELD_NUMBER: _ClassVar[int]
+    EXOPHYTIC_FIELD_NUMBER: _ClassVar[int]
+    NEARNESS_FIELD_NUMBER: _ClassVar[int]
+    ANTERIOR_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    radius: int
+    exophytic: int
+    nearness: int
+    anterior: str
+    location: int
+    total: int
+    def __init__(self, radius: _Optional[int] = ..., exophytic: _Optional[int] = ..., nearness: _Optional[int] = ..., anterior: _Optional[str] = ..., location: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class TumorFacts(_message.Message):
+    __slots__ = ("voxel_count", "volume_ml", "centroid_mm", "max_diameter_mm", "side", "polar_location", "exophytic_fraction", "distance_to_sinus_mm", "sinus_source", "distance_to_artery_mm", "distance_to_vein_mm", "renal", "notes")
+    VOXEL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ML_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_MM_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIAMETER_MM_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    POLAR_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    EXOPHYTIC_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_TO_SINUS_MM_FIELD_NUMBER: _ClassVar[int]
+    SINUS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_TO_ARTERY_MM_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_TO_VEIN_MM_FIELD_NUMBER: _ClassVar[int]
+    RENAL_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    voxel_count: int
+    volume_ml: float
+    centroid_mm: _containers.RepeatedScalarFieldContainer[float]
+    max_diameter_mm: float
+    side: str
+    polar_location: str
+    exophytic_fraction: float
+    distance_to_sinus_mm: float
+    sinus_source: str
+    distance_to_artery_mm: float
+    distance_to_vein_mm: float
+    renal: RenalScore
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, voxel_count: _Optional[int] = ..., volume_ml: _Optional[float] = ..., centroid_mm: _Optional[_Iterable[float]] = ..., max_diameter_mm: _Optional[float] = ..., side: _Optional[str] = ..., polar_location: _Optional[str] = ..., exophytic_fraction: _Optional[float] = ..., distance_to_sinus_mm: _Optional[float] = ..., sinus_source: _Optional[str] = ..., distance_to_artery_mm: _Optional[float] = ..., distance_to_vein_mm: _Optional[float] = ..., renal: _Optional[_Union[RenalScore, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MeasureResponse(_message.Message):
     __slots__ = ("progress", "result")
