@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import struct
 import tempfile
 import zlib
@@ -50,6 +51,17 @@ class VolumeTooLarge(Exception):
 
 class DigestMismatch(Exception):
     """A volume's bytes do not match the digest its sender declared."""
+
+
+class VolumeError(ValueError):
+    """A malformed volume: `field` is the VolumeChunk field at fault ("header.size",
+    "data", ...), `reason` the problem; str() is "volume '<role>': <reason>"."""
+
+    def __init__(self, role: str, field: str, reason: str):
+        super().__init__(f"volume '{role}': {reason}" if role else reason)
+        self.role = role
+        self.field = field
+        self.reason = reason
 
 
 def voxel_type_of(dtype: np.dtype) -> int:
@@ -120,43 +132,43 @@ class ReceivedVolume:
 def check_header(header: pb.VolumeHeader, max_bytes: int) -> None:
     """Validate a header before allocating anything for it."""
     if not header.role:
-        raise ValueError("volume header: role is empty (expected e.g. 'ct' or 'mask')")
+        raise VolumeError("", "header.role", "role is empty (expected e.g. 'ct' or 'mask')")
     if header.total_bytes > max_bytes:
         raise VolumeTooLarge(f"volume '{header.role}': {header.total_bytes} bytes exceeds the "
                              f"limit of {max_bytes} bytes")
     if header.encoding == pb.VOLUME_ENCODING_NIFTI:
         if header.total_bytes == 0:
-            raise ValueError(f"volume '{header.role}': total_bytes is 0")
+            raise VolumeError(header.role, "header.total_bytes", "total_bytes is 0: the file is empty")
         return
     if header.encoding not in (pb.VOLUME_ENCODING_UNSPECIFIED, pb.VOLUME_ENCODING_RAW):
-        raise ValueError(f"volume '{header.role}': unknown encoding {header.encoding}")
+        raise VolumeError(header.role, "header.encoding", f"unknown encoding {header.encoding}")
     if len(header.size) != 3:
-        raise ValueError(f"volume '{header.role}': size must have 3 values (x, y, z), "
-                         f"got {len(header.size)}")
+        raise VolumeError(header.role, "header.size", f"size must have 3 values (x, y, z), "
+                          f"got {len(header.size)}")
     if any(s == 0 or s > MAX_VOXELS_PER_AXIS for s in header.size):
-        raise ValueError(f"volume '{header.role}': size {list(header.size)} is out of range "
-                         f"(1..{MAX_VOXELS_PER_AXIS} voxels per axis)")
+        raise VolumeError(header.role, "header.size", f"size {list(header.size)} is out of range "
+                          f"(1..{MAX_VOXELS_PER_AXIS} voxels per axis)")
     if header.voxel_type not in VOXEL_DTYPES:
-        raise ValueError(f"volume '{header.role}': voxel_type {header.voxel_type} is not a "
-                         f"known voxel type")
+        raise VolumeError(header.role, "header.voxel_type", f"voxel_type {header.voxel_type} is "
+                          f"not a known voxel type")
     expected = int(np.prod(header.size, dtype=np.uint64)) * VOXEL_DTYPES[header.voxel_type].itemsize
     if expected > max_bytes:
         raise VolumeTooLarge(f"volume '{header.role}': size {list(header.size)} needs "
                              f"{expected} bytes, over the limit of {max_bytes} bytes")
     if header.total_bytes != expected:
-        raise ValueError(f"volume '{header.role}': total_bytes {header.total_bytes} does not "
-                         f"match size x voxel type ({expected} bytes)")
+        raise VolumeError(header.role, "header.total_bytes", f"total_bytes {header.total_bytes} "
+                          f"does not match size x voxel type ({expected} bytes)")
     for name, values in (("spacing", header.spacing), ("origin", header.origin)):
         if len(values) != 3 or not all(np.isfinite(values)):
-            raise ValueError(f"volume '{header.role}': {name} must be 3 finite numbers")
+            raise VolumeError(header.role, f"header.{name}", f"{name} must be 3 finite numbers")
     if any(s <= 0 for s in header.spacing):
-        raise ValueError(f"volume '{header.role}': spacing {list(header.spacing)} must be positive")
+        raise VolumeError(header.role, "header.spacing", f"spacing {list(header.spacing)} must be positive")
     if header.direction:
         if len(header.direction) != 9:
-            raise ValueError(f"volume '{header.role}': direction must have 9 values")
+            raise VolumeError(header.role, "header.direction", "direction must have 9 values")
         d = np.asarray(header.direction).reshape(3, 3)
         if not np.allclose(d @ d.T, np.eye(3), atol=1e-3):
-            raise ValueError(f"volume '{header.role}': direction is not an orthonormal matrix")
+            raise VolumeError(header.role, "header.direction", "direction is not an orthonormal matrix")
 
 
 class VolumeAssembler:
@@ -181,18 +193,18 @@ class VolumeAssembler:
             self._hash = hashlib.sha256()
         elif part == "data":
             if self._header is None:
-                raise ValueError("volume data arrived before any volume header")
+                raise VolumeError("", "data", "volume data arrived before any volume header")
             end = self._filled + len(chunk.data)
             if end > len(self._buffer):
-                raise ValueError(f"volume '{self._header.role}': more data than the header's "
-                                 f"total_bytes ({self._header.total_bytes})")
+                raise VolumeError(self._header.role, "data", f"more data than the header's "
+                                  f"total_bytes ({self._header.total_bytes})")
             self._buffer[self._filled:end] = chunk.data
             self._hash.update(chunk.data)
             self._filled = end
             if self._filled == len(self._buffer):
                 self._finish()
         else:
-            raise ValueError("empty volume chunk (neither header nor data)")
+            raise VolumeError("", "part", "empty volume chunk (neither header nor data)")
 
     def finish(self) -> list[ReceivedVolume]:
         """All volumes, once the stream ended. Raises if one is incomplete."""
@@ -201,8 +213,8 @@ class VolumeAssembler:
 
     def _expect_complete(self) -> None:
         if self._header is not None:
-            raise ValueError(f"volume '{self._header.role}' is truncated: got {self._filled} of "
-                             f"{self._header.total_bytes} bytes")
+            raise VolumeError(self._header.role, "data", f"truncated: got {self._filled} of "
+                              f"{self._header.total_bytes} bytes")
 
     def _finish(self) -> None:
         header, data = self._header, self._buffer
@@ -236,53 +248,132 @@ def gunzip_limited(data: bytes, max_bytes: int, role: str = "") -> bytes:
     try:
         out = inflater.decompress(data, max_bytes + 1)
     except zlib.error as exc:
-        raise ValueError(f"volume '{role}': corrupt gzip data ({exc})") from None
+        raise VolumeError(role, "data", f"corrupt gzip data ({exc})") from None
     if len(out) > max_bytes:
         raise VolumeTooLarge(f"volume '{role}': decompresses to more than {max_bytes} bytes")
     if not inflater.eof:
-        raise ValueError(f"volume '{role}': truncated gzip data")
+        raise VolumeError(role, "data", "truncated gzip data")
     return out
+
+
+_NIFTI_COLOUR = {128: "RGB", 2304: "RGBA", 32: "complex", 1792: "complex", 2048: "complex"}
+# Bytes accepted after a gzip NIfTI's image data before it counts as a gzip bomb.
+_NIFTI_TRAILING_SLACK = 1 << 16
+
+
+def _nifti_error(role: str, reason: str) -> VolumeError:
+    return VolumeError(role, "data", reason)
+
+
+def nifti_data_end(header: bytes) -> int:
+    """Byte offset where a (checked) NIfTI-1 header's image data ends."""
+    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    dims = struct.unpack(endian + "8h", header[40:56])
+    bitpix = struct.unpack(endian + "h", header[72:74])[0]
+    vox_offset = struct.unpack(endian + "f", header[108:112])[0]
+    return int(vox_offset) + int(np.prod(dims[1:4], dtype=np.uint64)) * bitpix // 8
 
 
 def check_nifti_header(header: bytes, max_bytes: int, role: str = "",
                        available: int | None = None) -> None:
-    """Check a NIfTI-1 header (first 348 bytes) before any library allocates for it."""
+    """Check a NIfTI-1 header (first 348 bytes) before any library allocates for it:
+    dimensions, voxel type, spacing (pixdim), data offset, and (when `available` is the
+    file's size) that the file holds all the data the header declares."""
+    if not header:
+        raise _nifti_error(role, "the file is empty (0 bytes)")
     if len(header) < 348:
-        raise ValueError(f"volume '{role}': not a NIfTI file (only {len(header)} bytes)")
-    for endian in "<>":
-        if struct.unpack(endian + "i", header[:4])[0] == 348:
-            break
-    else:
-        raise ValueError(f"volume '{role}': not a NIfTI-1 file (sizeof_hdr is not 348)")
+        raise _nifti_error(role, f"not a NIfTI file (only {len(header)} bytes)")
+    sizes = {struct.unpack(e + "i", header[:4])[0]: e for e in "<>"}
+    if 540 in sizes:
+        raise _nifti_error(role, "NIfTI-2 files are not supported: save the image as NIfTI-1")
+    if 348 not in sizes:
+        raise _nifti_error(role, "not a NIfTI-1 file (sizeof_hdr is not 348)")
+    endian = sizes[348]
+    magic = header[344:348]
+    if magic == b"ni1\x00":
+        raise _nifti_error(role, "a NIfTI .hdr/.img pair is not supported: send one .nii/.nii.gz file")
+    if magic != b"n+1\x00":
+        raise _nifti_error(role, f"not a NIfTI-1 file (magic {magic!r}, expected b'n+1\\x00')")
     dims = struct.unpack(endian + "8h", header[40:56])
     datatype, bitpix = struct.unpack(endian + "hh", header[70:74])
+    pixdim = struct.unpack(endian + "8f", header[76:108])
     vox_offset = struct.unpack(endian + "f", header[108:112])[0]
     ndim = dims[0]
-    if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1:ndim + 1]):
-        raise ValueError(f"volume '{role}': NIfTI header has invalid dimensions {dims[:ndim + 1]}")
+    if not 1 <= ndim <= 7:
+        raise _nifti_error(role, f"NIfTI header has invalid dimensions: dim[0] = {ndim} "
+                                 f"(expected 1..7)")
+    if any(d < 1 for d in dims[1:ndim + 1]):
+        raise _nifti_error(role, f"NIfTI header has invalid dimensions {dims[1:ndim + 1]} "
+                                 f"(each must be >= 1)")
     if ndim < 3:
-        raise ValueError(f"volume '{role}': image is {ndim}D, a 3D volume is required")
+        raise _nifti_error(role, f"image is {ndim}D, a 3D volume is required")
     if any(d > 1 for d in dims[4:ndim + 1]):
-        raise ValueError(f"volume '{role}': image has more than 3 dimensions {dims[1:ndim + 1]}")
+        raise _nifti_error(role, f"image has more than 3 dimensions {dims[1:ndim + 1]}: "
+                                 f"a 3D volume is required")
+    if datatype in _NIFTI_COLOUR:
+        raise _nifti_error(role, f"{_NIFTI_COLOUR[datatype]} voxels (NIfTI datatype {datatype}) "
+                                 f"are not supported: a single-component scalar volume is required")
     if datatype not in _NIFTI_BITPIX or _NIFTI_BITPIX[datatype] != bitpix:
-        raise ValueError(f"volume '{role}': unsupported NIfTI datatype {datatype} "
-                         f"(bitpix {bitpix})")
+        raise _nifti_error(role, f"unsupported NIfTI datatype {datatype} (bitpix {bitpix})")
     if any(d > MAX_VOXELS_PER_AXIS for d in dims[1:4]):
-        raise ValueError(f"volume '{role}': size {dims[1:4]} is out of range "
-                         f"(1..{MAX_VOXELS_PER_AXIS} voxels per axis)")
+        raise _nifti_error(role, f"size {dims[1:4]} is out of range "
+                                 f"(1..{MAX_VOXELS_PER_AXIS} voxels per axis)")
+    spacing = pixdim[1:4]
+    if not all(np.isfinite(spacing)) or any(s <= 0 for s in spacing):
+        raise _nifti_error(role, f"pixdim (voxel spacing) {[float(s) for s in spacing]} must be "
+                                 f"3 finite positive numbers")
+    if not np.isfinite(vox_offset) or vox_offset < 352:
+        raise _nifti_error(role, f"vox_offset {vox_offset} is invalid (a single-file NIfTI-1 "
+                                 f"has its data at byte 352 or later)")
     needed = int(np.prod(dims[1:4], dtype=np.uint64)) * bitpix // 8
     if needed > max_bytes:
-        raise VolumeTooLarge(f"volume '{role}': size {dims[1:4]} needs {needed} bytes, over "
-                             f"the limit of {max_bytes} bytes")
+        raise VolumeTooLarge(f"{f'volume {role!r}: ' if role else ''}size {dims[1:4]} needs "
+                             f"{needed} bytes, over the limit of {max_bytes} bytes")
     if available is not None and available < int(vox_offset) + needed:
-        raise ValueError(f"volume '{role}': NIfTI data is truncated: expected "
-                         f"{int(vox_offset) + needed} bytes, got {available}")
+        raise _nifti_error(role, f"NIfTI data is truncated: the header declares "
+                                 f"{int(vox_offset) + needed} bytes, the file holds {available}")
+
+
+def _gunzip_nifti(data: bytes, max_bytes: int, role: str) -> bytes:
+    """Inflate a gzip NIfTI: its header first (checked), then only as many bytes as that
+    header declares (plus a little slack): a gzip bomb is refused without inflating it."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = bytearray(inflater.decompress(data, 348))
+        if len(out) < 348 and not inflater.eof:
+            raise _nifti_error(role, "truncated gzip data")
+        check_nifti_header(bytes(out), max_bytes, role)
+        limit = nifti_data_end(bytes(out)) + _NIFTI_TRAILING_SLACK
+        out += inflater.decompress(inflater.unconsumed_tail, limit - len(out))
+        if not inflater.eof:
+            if inflater.decompress(inflater.unconsumed_tail, 1):
+                raise _nifti_error(role, f"gzip data inflates beyond the {nifti_data_end(bytes(out[:348]))} "
+                                         f"bytes its NIfTI header declares (a gzip bomb?)")
+            raise _nifti_error(role, "truncated gzip data")
+    except zlib.error as exc:
+        raise _nifti_error(role, f"corrupt gzip data ({exc})") from None
+    return bytes(out)
+
+
+def readable_itk_error(exc: BaseException, *paths) -> str:
+    """The last line of a SimpleITK error, without any server path in it."""
+    text = str(exc).strip()
+    line = text.splitlines()[-1] if text else "unreadable"
+    for prefix in ("ITK ERROR:", "sitk::ERROR:"):
+        line = line.removeprefix(prefix).strip()
+    for path in paths:
+        line = line.replace(str(path), Path(path).name)
+    line = re.sub(r"(?<![\w.])/[^\s'\"():,]+", "<file>", line)
+    if "orthonormal" in line:
+        return ("qform/sform does not define an orthonormal direction (degenerate or sheared "
+                "matrix and no valid alternative)")
+    return line[:300]
 
 
 def decode_nifti(data: bytes, max_bytes: int, role: str = "") -> Volume:
     """A NIfTI file's bytes (plain or gzip) to a Volume, after checking the header."""
     if data[:2] == b"\x1f\x8b":
-        data = gunzip_limited(data, max_bytes + 352 + (1 << 16), role)
+        data = _gunzip_nifti(data, max_bytes, role)
     check_nifti_header(data[:348], max_bytes, role, available=len(data))
     with tempfile.TemporaryDirectory(prefix="medseg-nifti-") as tmp:
         path = Path(tmp) / "volume.nii"
@@ -290,11 +381,11 @@ def decode_nifti(data: bytes, max_bytes: int, role: str = "") -> Volume:
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise ValueError(f"volume '{role}': unreadable NIfTI ({str(exc).strip().splitlines()[-1]})") from None
+            raise _nifti_error(role, f"unreadable NIfTI ({readable_itk_error(exc, path)})") from None
     try:
         return Volume.from_image(image)
     except ValueError as exc:
-        raise ValueError(f"volume '{role}': {exc}") from None
+        raise _nifti_error(role, str(exc)) from None
 
 
 def read_nifti_header_of_file(path: Path) -> bytes:
@@ -304,6 +395,30 @@ def read_nifti_header_of_file(path: Path) -> bytes:
     opener = gzip.open if magic == b"\x1f\x8b" else open
     try:
         with opener(path, "rb") as f:
-            return f.read(348)
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path.name}: corrupt file ({exc})") from None
+            header = f.read(348)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise VolumeError("", "data", f"corrupt gzip data ({exc})") from None
+    if opener is gzip.open and len(header) < 348:
+        raise VolumeError("", "data", "truncated gzip data")
+    return header
+
+
+def check_nifti_gzip_file(path: Path, header: bytes) -> None:
+    """Inflate a checked .nii.gz file once without keeping it: it must hold all the data its
+    header declares (a truncated file is refused, not zero-filled) and not much more (a gzip
+    bomb is refused after inflating only what the header declares)."""
+    end = nifti_data_end(header)
+    limit = end + _NIFTI_TRAILING_SLACK
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while block := f.read(min(CHUNK_SIZE, limit + 1 - total)):
+                total += len(block)
+                if total > limit:
+                    raise VolumeError("", "data", f"gzip data inflates beyond the {end} bytes its "
+                                                  f"NIfTI header declares (a gzip bomb?)")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise VolumeError("", "data", f"truncated or corrupt gzip data ({exc.__class__.__name__})") from None
+    if total < end:
+        raise VolumeError("", "data", f"NIfTI data is truncated: the header declares {end} bytes, "
+                                      f"the file holds {total}")

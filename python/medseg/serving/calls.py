@@ -31,17 +31,63 @@ from medseg.volumes import Volume, atomic_write, read_volume, write_volume
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def read_checked(path: Path, max_bytes: int, field: str) -> Volume:
-    """Read a volume file or DICOM folder, checking a NIfTI header before decoding."""
-    if path.name.endswith(_NIFTI_SUFFIXES):
-        codec.check_nifti_header(read_nifti_header_of_file(path), max_bytes, field)
+def read_checked(path: Path, max_bytes: int, field: str, given: str | None = None) -> Volume:
+    """Read a volume file or DICOM folder, checking a NIfTI header before decoding. Errors
+    name the request field and the path as the client gave it (`given`), never the
+    server's own path."""
+    given = path.name if given is None else given
+
+    def bad(reason: str) -> FieldError:
+        return FieldError(field, f"'{given}': {reason}")
+
     try:
+        if path.is_dir():
+            if not any(path.iterdir()):
+                raise bad("is an empty folder, expected a volume file or a DICOM series folder")
+        elif path.name.endswith(_NIFTI_SUFFIXES):
+            header = read_nifti_header_of_file(path)
+            with path.open("rb") as f:
+                gzipped = f.read(2) == b"\x1f\x8b"
+            codec.check_nifti_header(header, max_bytes, "",
+                                     available=None if gzipped else path.stat().st_size)
+            if gzipped:
+                codec.check_nifti_gzip_file(path, header)
+        else:
+            with path.open("rb") as f:
+                preamble = f.read(132)
+            if preamble[128:132] == b"DICM":
+                raise bad("is a single DICOM file: give the folder holding the whole series")
         return read_volume(path)
+    except FieldError:
+        raise
+    except codec.VolumeError as exc:
+        raise bad(exc.reason) from None
+    except codec.VolumeTooLarge as exc:
+        raise codec.VolumeTooLarge(f"{field}: '{given}': {exc}") from None
+    except FileNotFoundError:  # a folder holding no DICOM series (the path itself exists)
+        raise bad("is a folder with no DICOM series in it, expected a volume file or a DICOM "
+                  "series folder") from None
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise FieldError(field, f"cannot read '{path.name}': {last}") from None
+        raise bad(f"cannot be read as an image ({codec.readable_itk_error(exc, path)})") from None
+    except IsADirectoryError:
+        raise bad("is a folder, expected a file") from None
+    except PermissionError:
+        raise PermissionError(f"{field}: '{given}': the server is not allowed to read it") from None
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or exc.__class__.__name__})") from None
     except ValueError as exc:
-        raise FieldError(field, str(exc)) from None
+        raise bad(str(exc)) from None
+
+
+@contextmanager
+def _chunk_errors():
+    """A malformed inline volume as INVALID_ARGUMENT on its request field, e.g.
+    `chunk.header.size: inline volume 'mask': ...`."""
+    try:
+        yield
+    except codec.VolumeError as exc:
+        what = f"inline volume '{exc.role}'" if exc.role else "inline volume"
+        raise FieldError(f"chunk.{exc.field}", f"{what}: {exc.reason}") from None
 
 
 def _file_digest(name: str, data: bytes, path: str) -> pb.Digest:
@@ -94,12 +140,15 @@ class StreamingCall:
                 elif kind == "chunk":
                     if params is None:
                         raise FieldError("params", "must be the first message of the stream")
-                    assembler.add(request.chunk)
+                    with _chunk_errors():
+                        assembler.add(request.chunk)
                 else:
-                    raise FieldError("payload", "empty request message")
+                    raise FieldError("payload", "empty request message (neither params nor chunk)")
             if params is None:
                 raise FieldError("params", "missing: the stream held no params message")
-            for item in assembler.finish():
+            with _chunk_errors():
+                received = assembler.finish()
+            for item in received:
                 if item.role in self.inline:
                     raise FieldError("chunk.header.role", f"volume '{item.role}' sent twice")
                 self.inline[item.role] = item
@@ -111,30 +160,32 @@ class StreamingCall:
     def load(self, role: str, path: str, field: str | None = None) -> Volume:
         """The input `role` from its path under the data root, or from the inline stream.
         Each load is one read, recorded as one `received` digest."""
-        field = field or f"{role}_path"
+        field = field or f"params.{role}_path"
         if path and role in self.inline:
             raise FieldError(field, f"given both as a path and inline; send '{role}' once")
         if path:
             with self.timed(f"read {role}"):
                 file = self.root.input(field, path)
-                volume = read_checked(file, self.config.max_volume_bytes, field)
+                volume = read_checked(file, self.config.max_volume_bytes, field, path)
             self.input_paths.append(file)
             self.received.append(pb.Digest(role=role, path=self.root.relative(file),
                                            sha256=volume.sha256(), bytes=volume.array.nbytes))
             return volume
         if role not in self.inline:
-            raise FieldError(field, f"missing: give a path or send an inline volume with role '{role}'")
+            sent = f" (the stream's inline volumes: {sorted(self.inline)})" if self.inline else ""
+            raise FieldError(field, f"missing: give a path or send an inline volume with role '{role}'{sent}")
         item = self.inline[role]
         self.received.append(pb.Digest(role=role, sha256=item.sha256, bytes=item.nbytes))
         return item.volume
 
     def load_mask(self, role: str, path: str, field: str | None = None) -> Volume:
         """Like load, for label masks: the voxel type must be an integer type."""
-        field = field or f"{role}_path"
+        field = field or f"params.{role}_path"
         volume = self.load(role, path, field)
         if volume.array.dtype.kind not in "ui":
-            raise FieldError(field if path else f"inline volume '{role}'", f"'{role}' must be a label mask with an integer voxel type, "
-                                    f"got {volume.array.dtype}")
+            raise FieldError(field if path else "chunk.header.voxel_type",
+                             f"{f'{path!r}' if path else f'inline volume {role!r}'}: '{role}' must be "
+                             f"a label mask with an integer voxel type, got {volume.array.dtype}")
         return volume
 
     def given(self, params, *names: str) -> dict:
@@ -175,7 +226,7 @@ class StreamingCall:
         return self.root.relative(first.parent / f"{stem}_{suffix}{extension}")
 
     def deliver(self, volume: Volume, role: str, output: pb.OutputOptions, suffix: str,
-                field: str = "output.path"):
+                field: str = "params.output.path"):
         """Write the volume under the data root and/or stream it inline, as asked.
         Returns (via `yield from`) the OutputVolume describing where it went."""
         path = output.path or ("" if self.wants_inline(output) else self.default_output(suffix))

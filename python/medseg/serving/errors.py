@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import uuid
 
 import grpc
@@ -56,6 +57,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for kind, code in _CODES:
         if isinstance(exc, kind):
+            if isinstance(exc, OSError) and exc.filename:  # the OS's text names a server path
+                return code, f"{exc.strerror or kind.__name__}: '{os.path.basename(str(exc.filename))}'"
             return code, str(exc) or kind.__name__
     incident = uuid.uuid4().hex[:8]
     log.exception("internal error %s", incident, exc_info=exc)
