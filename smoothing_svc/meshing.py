@@ -508,9 +508,9 @@ SN_DEFAULT_SMOOTHING: dict[int, float] = {
 }
 
 
-def _surface_nets(image: np.ndarray, values: list[int], iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _surface_nets(image: np.ndarray, values: list[int], iterations: int):
     """Every label of `image` (z, y, x) in one pass: (raw points, smoothed points, triangles,
-    BoundaryLabels) in IJK. Raw points are the voxel-face (Lego) surface; smoothed ones are
+    BoundaryLabels, points surface nets found in a non-manifold neighbourhood) in IJK. Raw points are the voxel-face (Lego) surface; smoothed ones are
     the same points after VTK's constrained smoothing (the extraction is cached, so the
     second update only smooths). Faces point from BoundaryLabels[:, 0] to [:, 1]."""
     nets = vtkSurfaceNets3D()
@@ -535,7 +535,10 @@ def _surface_nets(image: np.ndarray, values: list[int], iterations: int) -> tupl
     if len(smoothed) != len(raw):
         raise RuntimeError("surface nets smoothing changed the number of points")
     labels = vtk_to_numpy(output.GetCellData().GetArray("BoundaryLabels")).astype(np.int64).reshape(-1, 2)
-    return raw, smoothed, faces, labels
+    cases = output.GetPointData().GetArray("NonManifoldTableIndices")
+    flagged = (np.flatnonzero(vtk_to_numpy(cases) != -2) if cases is not None
+               else np.arange(len(raw)))  # without the array: check every point
+    return raw, smoothed, faces, labels, flagged
 
 
 def _decimate_patches(points: np.ndarray, faces: np.ndarray, labels: np.ndarray,
@@ -623,7 +626,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     else:
         factors = {v: options.smoothing for v in meshed}
     strongest = max(factors.values())
-    raw, smoothed, faces, labels = _surface_nets(image, meshed, int(round(SN_ITERATIONS_PER_UNIT * strongest)))
+    raw, smoothed, faces, labels, flagged = _surface_nets(image, meshed, int(round(SN_ITERATIONS_PER_UNIT * strongest)))
     raw += origin_xyz
     smoothed += origin_xyz
     if strongest > 0 and min(factors.values()) < strongest:
@@ -651,7 +654,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     # Where surface nets split a non-manifold corner into coincident copies of a point, a
     # label may need those copies as one point to close: per label, copies on open edges are
     # merged (ids), and every copy of such a point takes their mean position (for all labels).
-    remaps = {v: _closing_remap(_outward(faces, labels, v), raw, smoothed) for v in meshed}
+    remaps = {v: _closing_remap(_outward(faces, labels, v), raw, smoothed, flagged) for v in meshed}
     label_faces = {v: _remapped(_outward(faces, labels, v), remaps[v]) for v in meshed}
     if strongest > 0:
         # Volume per piece back to its voxel volume; smallest label first, and points a label
@@ -676,8 +679,8 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     for value in meshed:
         label = label_faces[value]
         points = smoothed
-        if remaps[value] is not None and not is_closed_and_consistent(label, len(points)):
-            label, extra = _split_nonmanifold_edges(label, smoothed)
+        if remaps[value] is not None:
+            label, extra = _split_nonmanifold_edges(label, smoothed, remaps[value])
             points = np.concatenate([smoothed, extra])
         used = np.unique(label)
         meshes[value] = _to_mesh(mask, value, points[used], np.searchsorted(used, label), notes[value], options)
@@ -687,15 +690,18 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
 SPLIT_OFFSET = 0.02
 
 
-def _split_nonmanifold_edges(faces: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _split_nonmanifold_edges(faces: np.ndarray, points: np.ndarray,
+                             remap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Give each fan of faces around a point on an edge shared by four faces (two voxels of
     one label touching along a voxel edge) its own copy of that point, so the surface is
     edge-manifold and closed. Each copy moves SPLIT_OFFSET voxel towards its fan's centre
     (coincident copies would make the pieces touch again). Returns (faces, positions of
     the new points n, n+1, ...)."""
     n = len(points)
-    a = faces.reshape(-1)
-    b = faces[:, [1, 2, 0]].reshape(-1)
+    merged = np.flatnonzero(remap != np.arange(len(remap)))
+    near = _touching(faces, remap[merged], n)  # only merged points can sit on such an edge
+    a = near.reshape(-1)
+    b = near[:, [1, 2, 0]].reshape(-1)
     directed, counts = np.unique(a * n + b, return_counts=True)
     bad = directed[counts > 1]
     if len(bad) == 0:
@@ -736,19 +742,32 @@ def _split_nonmanifold_edges(faces: np.ndarray, points: np.ndarray) -> tuple[np.
     return faces, np.array(extra).reshape(-1, 3)
 
 
-def _open_edge_points(faces: np.ndarray, n: int) -> np.ndarray:
-    """Points on directed edges whose reverse edge no face has (holes, or flipped faces)."""
-    a = faces.reshape(-1)
-    b = faces[:, [1, 2, 0]].reshape(-1)
+def _touching(faces: np.ndarray, points: np.ndarray, n: int) -> np.ndarray:
+    """The faces with a corner among `points`."""
+    mark = np.zeros(n, bool)
+    mark[points] = True
+    return faces[mark[faces].any(axis=1)]
+
+
+def _open_edge_points(faces: np.ndarray, flagged: np.ndarray, n: int) -> np.ndarray:
+    """Points on directed edges whose reverse edge no face has. Only edges at points surface
+    nets flagged as non-manifold neighbourhoods can be open, and every face on such an edge
+    touches the flagged point, so only those faces are looked at."""
+    near = _touching(faces, flagged, n)
+    a = near.reshape(-1)
+    b = near[:, [1, 2, 0]].reshape(-1)
     missing = ~np.isin(a * n + b, b * n + a)
     return np.unique(np.concatenate([a[missing], b[missing]]))
 
 
-def _closing_remap(faces: np.ndarray, raw: np.ndarray, smoothed: np.ndarray) -> np.ndarray | None:
+def _closing_remap(faces: np.ndarray, raw: np.ndarray, smoothed: np.ndarray,
+                   flagged: np.ndarray) -> np.ndarray | None:
     """Point id map merging this label's coincident point copies that lie on open edges
     (None when the label is closed as it is). The copies' smoothed positions are set to
     their mean in place, so every label sees one position."""
-    candidates = _open_edge_points(faces, len(raw))
+    if len(flagged) == 0:
+        return None
+    candidates = _open_edge_points(faces, flagged, len(raw))
     if len(candidates) == 0:
         return None
     keys = np.rint(raw[candidates] * 2).astype(np.int64)
@@ -920,6 +939,85 @@ def _rows(template: str, array: np.ndarray, chunk: int = 200_000):
         yield (template * len(block)) % tuple(block.reshape(-1).tolist())
 
 
+_SPACE, _ZERO = ord(" "), ord("0")
+
+
+def _digit_count(values: np.ndarray) -> np.ndarray:
+    count = np.ones(len(values), np.int64)
+    for k in range(1, 19):
+        above = values >= 10**k
+        if not above.any():
+            break
+        count += above
+    return count
+
+
+def _digits(values: np.ndarray, width: int, left: bool = False) -> np.ndarray:
+    """Non-negative integers as (N, width) ASCII digits, padded with spaces on the left
+    (right-aligned) or, with `left`, on the right."""
+    digits = np.empty((len(values), width), np.uint8)
+    rest = values.astype(np.int64)  # a copy
+    for column in range(width - 1, -1, -1):
+        digits[:, column] = rest % 10 + _ZERO
+        rest //= 10
+    count = _digit_count(values)
+    columns = np.arange(width)
+    if left:
+        source = np.minimum(columns + (width - count)[:, None], width - 1)
+        digits = np.take_along_axis(digits, source, axis=1)
+        digits[columns >= count[:, None]] = _SPACE
+    else:
+        digits[columns < (width - count)[:, None]] = _SPACE
+    return digits
+
+
+def _fixed_lines(prefix: bytes, array: np.ndarray) -> bytes:
+    """Rows of floats as '<prefix> x y z' lines with 4 decimals, in fixed-width columns
+    (extra spaces are legal OBJ whitespace): vectorised, ~20x faster than %-formatting."""
+    units = np.rint(np.asarray(array, np.float64) * 1e4).astype(np.int64)
+    negative = units < 0
+    units = np.abs(units)
+    whole, fraction = units // 10000, units % 10000
+    width = max(1, len(str(int(whole.max())))) if len(units) else 1
+    rows, cols = units.shape
+    field = 2 + width + 5  # space, sign, digits, '.', 4 decimals
+    line = np.full((rows, len(prefix) + cols * field + 1), _SPACE, np.uint8)
+    line[:, :len(prefix)] = np.frombuffer(prefix, np.uint8)
+    line[:, -1] = ord("\n")
+    for c in range(cols):
+        start = len(prefix) + c * field
+        digits = _digits(whole[:, c], width)
+        line[:, start + 2 : start + 2 + width] = digits
+        count = _digit_count(whole[:, c])
+        sign_at = start + 2 + width - count - 1
+        rows_negative = np.flatnonzero(negative[:, c])
+        line[rows_negative, sign_at[rows_negative]] = ord("-")
+        line[:, start + 2 + width] = ord(".")
+        rest = fraction[:, c].copy()
+        for place in range(3, -1, -1):  # decimals keep their zeros
+            line[:, start + 3 + width + place] = rest % 10 + _ZERO
+            rest //= 10
+    return line.tobytes()
+
+
+def _face_lines(faces: np.ndarray) -> bytes:
+    """Faces (1-based) as 'f a//a b//b c//c' lines (vertex and normal share the index)."""
+    rows = len(faces)
+    if rows == 0:
+        return b""
+    width = len(str(int(faces.max())))
+    token = 1 + width + 2 + width  # space, right-aligned index, '//', left-aligned index
+    line = np.full((rows, 1 + 3 * token + 1), _SPACE, np.uint8)
+    line[:, 0] = ord("f")
+    line[:, -1] = ord("\n")
+    for c in range(3):
+        start = 1 + c * token + 1
+        line[:, start : start + width] = _digits(faces[:, c], width)
+        line[:, start + width : start + width + 2] = ord("/")
+        line[:, start + width + 2 : start + 2 * width + 2] = _digits(faces[:, c], width, left=True)
+    return line.tobytes()
+
+
 def _rgb(color: str) -> tuple[float, float, float]:
     hex_color = color.lstrip("#")
     return tuple(int(hex_color[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
@@ -958,10 +1056,9 @@ def _write_obj(meshes: list[LabelMesh], skipped: list[LabelMesh], path: Path) ->
                     f"\n# label {mesh.value} {mesh.name}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
                     f"{mesh.volume_ml:.3f} ml, closed={mesh.closed}\no {mesh.name}\nusemtl {mesh.name}\n"
                 )
-                out.writelines(_rows("v %.4f %.4f %.4f\n", mesh.vertices))
-                out.writelines(_rows("vn %.4f %.4f %.4f\n", vertex_normals(mesh.vertices, mesh.faces)))
-                corners = np.repeat(mesh.faces + first, 2, axis=1)  # v//vn share the index
-                out.writelines(_rows("f %d//%d %d//%d %d//%d\n", corners))
+                out.write(_fixed_lines(b"v", mesh.vertices).decode("ascii"))
+                out.write(_fixed_lines(b"vn", vertex_normals(mesh.vertices, mesh.faces)).decode("ascii"))
+                out.write(_face_lines(mesh.faces + first).decode("ascii"))  # v//vn share the index
                 first += len(mesh.vertices)
 
     atomic_write(mtl_path, write_mtl)
