@@ -12,7 +12,6 @@ from medseg.serving.server import Server, serve_forever, setup_logging
 from medseg.serving.work import WorkQueue
 from medseg.smoothing.v1 import smoothing_pb2 as pb
 from medseg.smoothing.v1 import smoothing_pb2_grpc
-from medseg.volume.v1 import volume_pb2 as vpb
 from smoothing_svc.meshing import MeshOptions, encode_meshes, mesh_labels
 
 SERVICE_NAME = addresses.SERVICE_NAMES["smoothing"]
@@ -29,6 +28,10 @@ def mesh_options(call: StreamingCall, params: pb.MeshMaskParams, threads: int | 
         raise FieldError("params.format", f"unknown mesh format {params.format}")
     if params.coordinate_system not in _SYSTEMS:
         raise FieldError("params.coordinate_system", f"unknown value {params.coordinate_system}")
+    stem = params.file_stem
+    if stem and (len(stem) > 200 or stem in (".", "..") or any(c in stem for c in "/\\\x00")):
+        raise FieldError("params.file_stem", f"{stem[:80]!r} is not a plain file name (no '/', "
+                                             f"at most 200 characters)")
     options = MeshOptions(labels=list(params.labels) or None, decimation=params.decimation,
                           coordinate_system=_SYSTEMS[params.coordinate_system], threads=threads,
                           **call.given(params, "smoothing", "min_island_mm3"))
@@ -58,11 +61,13 @@ class SmoothingServicer(smoothing_pb2_grpc.SmoothingServiceServicer):
             yield pb.MeshMaskResponse(result=pb.MeshMaskResult(meshes=summaries, note=note,
                                                                info=call.info()))
             return
+        # As the field comments say: by path and no output_path -> beside the mask (and also
+        # inline when asked); an inline mask and no output_path -> inline only.
         output_path = params.output_path
-        if not output_path and not call.wants_inline(vpb.OutputOptions(inline=params.inline)):
+        if not output_path and params.mask_path:
             output_path = call.default_output("mesh", f".{fmt}")
         paths = yield from call.deliver_files(lambda stem: encode_meshes(meshes, fmt, stem=stem),
-                                              output_path, params.inline)
+                                              output_path, params.inline, stem=params.file_stem)
         yield pb.MeshMaskResponse(result=pb.MeshMaskResult(meshes=summaries, paths=paths,
                                                            info=call.info()))
 

@@ -82,3 +82,82 @@ def test_errors_exit_2_with_the_status(gateway, capsys):
     assert "PERMISSION_DENIED" in capsys.readouterr().err
     assert main(["--quiet", "--gateway", gateway["postprocess"], "measure", "missing.nii.gz", "--by-ref"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+# --- issue 15: the client side -----------------------------------------------------------------
+
+def test_local_read_failures_exit_1_before_any_call(tmp_path, capsys):
+    """Nothing listens on port 1: a call would fail UNAVAILABLE (exit 2); the local file is
+    reported first, with exit 1."""
+    garbage = tmp_path / "notes.nii.gz"
+    garbage.write_text("not an image")
+    for path in (tmp_path / "missing.nii.gz", garbage):
+        assert main(["--quiet", "--gateway", "127.0.0.1:1", "measure", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot read mask '{path}'" in err, err
+        assert "UNAVAILABLE" not in err and "Exception iterating" not in err
+
+
+def test_local_read_failure_in_a_subprocess_is_exit_1_not_an_abort(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "medseg.cli", "--quiet", "--gateway", "127.0.0.1:1",
+                             "mesh", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "m.obj")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "no such file or folder" in result.stderr
+    assert not (tmp_path / "m.obj").exists()
+
+
+def test_global_options_work_before_and_after_the_subcommand(gateway, case, capsys):
+    path = "case/labels.nii.gz"
+    for args in (["measure", path, "--by-ref", "--quiet", "--gateway", gateway["postprocess"]],
+                 ["--quiet", "measure", path, "--by-ref", "--gateway", gateway["postprocess"], "--timeout", "30"],
+                 # after the subcommand wins over before it
+                 ["--gateway", "127.0.0.1:1", "measure", "--gateway", gateway["postprocess"], path, "--by-ref"]):
+        assert main(args) == 0, args
+        assert "case/labels.nii.gz" in capsys.readouterr().out
+    assert main(["models", "--gateway", "127.0.0.1:1", "--timeout", "2"]) == 2
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_mesh_obj_names_its_own_mtl(gateway, case, tmp_path):
+    _, files = case
+    target = tmp_path / "out" / "model.obj"
+    assert main(["--quiet", "--gateway", gateway["smoothing"], "mesh", str(files["labels"]),
+                 "-o", str(target), "--labels", "1"]) == 0
+    assert "mtllib model.mtl" in target.read_text()
+    assert "mesh.mtl" not in target.read_text()
+    assert (tmp_path / "out" / "model.mtl").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.mtl", "model.obj"]
+
+
+def test_mesh_inline_files_take_the_requested_stem(gateway, case):
+    import grpc
+
+    from medseg.client import Client
+
+    phantom, _ = case
+    with Client(gateway["smoothing"], timeout=60) as client:
+        out = client.mesh(phantom.labels, labels=[1], inline=True, file_stem="kidney_model")
+        assert sorted(out.files) == ["kidney_model.mtl", "kidney_model.obj"]
+        assert b"mtllib kidney_model.mtl" in out.files["kidney_model.obj"]
+        assert sorted(client.mesh(phantom.labels, labels=[1], inline=True).files) == ["mesh.mtl", "mesh.obj"]
+        with pytest.raises(grpc.RpcError) as info:
+            client.mesh(phantom.labels, labels=[1], inline=True, file_stem="../x")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params.file_stem" in info.value.details()
+
+
+def test_mesh_by_path_inline_without_output_path_writes_beside_the_mask_and_sends(gateway, case, data_root):
+    """MeshMaskParams.output_path: empty and the mask by path -> written next to it as
+    <stem>_mesh.<format>; inline -> also sent, under the same names."""
+    from medseg.client import Client, Ref
+
+    with Client(gateway["smoothing"], timeout=60) as client:
+        out = client.mesh(Ref("case/labels.nii.gz"), labels=[1], inline=True)
+    assert list(out.result.paths) == ["case/labels_mesh.obj", "case/labels_mesh.mtl"]
+    assert sorted(out.files) == ["labels_mesh.mtl", "labels_mesh.obj"]
+    assert (data_root / "case" / "labels_mesh.obj").read_bytes() == out.files["labels_mesh.obj"]
+    assert b"mtllib labels_mesh.mtl" in out.files["labels_mesh.obj"]

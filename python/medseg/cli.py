@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import json_format
 
 from medseg import addresses
-from medseg.client import Client, Ref
+from medseg.client import Client, LocalInputError, Ref
 from medseg.nnunet.v1 import nnunet_pb2 as nn
 from medseg.smoothing.v1 import smoothing_pb2 as sm
 from medseg.volumes import write_volume
@@ -148,12 +148,17 @@ def cmd_mesh(client: Client, args) -> int:
     fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "obj")
     if fmt not in formats:
         raise SystemExit(f"error: unknown mesh format '{fmt}' (choose from {sorted(formats)})")
+    target = None
+    if not args.by_ref:
+        target = Path(args.output) if args.output else _default_local_output(args.mask, "mesh", f".{fmt}")
     out = client.mesh(
         _input(args, args.mask), labels=args.labels or (), smoothing=args.smoothing,
         decimation=args.decimation, min_island_mm3=args.min_island_mm3,
         coordinate_system=sm.COORDINATE_SYSTEM_RAS if args.ras else sm.COORDINATE_SYSTEM_LPS,
         fmt=formats[fmt], output=args.output if args.by_ref else None,
-        inline=not args.by_ref, progress=args.progress)
+        inline=not args.by_ref, progress=args.progress,
+        # The server names inline files (and the OBJ's mtllib line) after this stem.
+        file_stem=target.name.removesuffix(target.suffix) if target else "")
     for m in out.result.meshes:
         print(f"{m.label:>3} {m.name:<10} {m.vertices:>8} vertices {m.faces:>8} faces "
               f"{m.volume_ml:9.2f} ml {m.area_mm2:10.1f} mm2 closed={m.closed} {m.note}")
@@ -163,7 +168,6 @@ def cmd_mesh(client: Client, args) -> int:
         for path in out.result.paths:
             print(f"written under the data root: {path}")
     elif out.files:
-        target = Path(args.output) if args.output else _default_local_output(args.mask, "mesh", f".{fmt}")
         target.parent.mkdir(parents=True, exist_ok=True)
         for name, data in out.files.items():
             path = target if name.endswith(f".{fmt}") else target.with_suffix(Path(name).suffix)
@@ -428,12 +432,36 @@ def _add_io(parser: argparse.ArgumentParser, output_help: str = "output file") -
                         help="arguments are paths under the server's data root; nothing is uploaded")
 
 
+def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--gateway, --timeout, --quiet: on the top-level parser with their defaults, and on
+    every subcommand without defaults (SUPPRESS), so they work before or after it."""
+    def default(value):
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--gateway", default=default(addresses.gateway_address()),
+                        help="gateway HOST:PORT (default %s; env MEDSEG_GATEWAY)" % addresses.gateway_address())
+    parser.add_argument("--timeout", type=float, default=default(None), help="deadline per call, seconds")
+    parser.add_argument("--quiet", action="store_true", default=default(False), help="no progress display")
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from _subparsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    parser = _build_parser()
+    for child in _subparsers(parser):
+        _add_global_options(child, top=False)
+    return parser
+
+
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg", description=__doc__)
-    parser.add_argument("--gateway", default=addresses.gateway_address(),
-                        help="gateway HOST:PORT (default %(default)s; env MEDSEG_GATEWAY)")
-    parser.add_argument("--timeout", type=float, default=None, help="deadline per call, seconds")
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("status", help="readiness of each service through the gateway").set_defaults(func=cmd_status)
@@ -525,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.gateway, timeout=args.timeout) as client:
             return args.func(client, args)
+    except LocalInputError as exc:  # nothing was sent: the local file is the problem
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2

@@ -58,16 +58,42 @@ class IntegrityError(Exception):
     """An inline result's bytes do not match the digest the server reported."""
 
 
-def _as_volume(value: Volume | str | Path) -> Volume:
-    return value if isinstance(value, Volume) else read_volume(value)
+class LocalInputError(ValueError):
+    """A local input could not be read; raised before any call is made."""
+
+    def __init__(self, role: str, path: str | Path, reason: str):
+        super().__init__(f"cannot read {role} '{path}': {reason}")
+        self.role, self.path, self.reason = role, str(path), reason
 
 
-def _requests(request_cls, params, inputs: dict[str, Input]) -> Iterator:
+def _as_volume(role: str, value: Volume | str | Path) -> Volume:
+    """A local input as a Volume, read now: a file that cannot be read is reported here,
+    before the stream opens (an exception inside gRPC's request iterator would only show
+    as `UNKNOWN: Exception iterating requests!`)."""
+    if isinstance(value, Volume):
+        return value
+    path = Path(value)
+    if not path.exists():
+        raise LocalInputError(role, path, "no such file or folder")
+    try:
+        return read_volume(path)
+    except (RuntimeError, ValueError, OSError) as exc:
+        text = str(exc).strip()
+        line = text.splitlines()[-1] if text else exc.__class__.__name__
+        for prefix in ("ITK ERROR:", "sitk::ERROR:"):
+            line = line.removeprefix(prefix).strip()
+        raise LocalInputError(role, path, line) from None
+
+
+def _local_volumes(inputs: dict[str, Input]) -> dict[str, Volume]:
+    return {role: _as_volume(role, value) for role, value in inputs.items()
+            if value is not None and not isinstance(value, Ref)}
+
+
+def _requests(request_cls, params, volumes: dict[str, Volume]) -> Iterator:
     yield request_cls(params=params)
-    for role, value in inputs.items():
-        if value is None or isinstance(value, Ref):
-            continue
-        for chunk in codec.volume_chunks(_as_volume(value), role):
+    for role, volume in volumes.items():
+        for chunk in codec.volume_chunks(volume, role):
             yield request_cls(chunk=chunk)
 
 
@@ -104,7 +130,8 @@ class Client:
 
     def _call(self, method, request_cls, params, inputs: dict[str, Input],
               progress: ProgressFn | None) -> CallResult:
-        responses = method(_requests(request_cls, params, inputs), timeout=self.timeout)
+        volumes = _local_volumes(inputs)  # local read failures surface before the call
+        responses = method(_requests(request_cls, params, volumes), timeout=self.timeout)
         assembler = codec.VolumeAssembler(self.max_volume_bytes)
         files: dict[str, bytearray] = {}
         result = None
@@ -182,13 +209,17 @@ class Client:
     # --- smoothing -------------------------------------------------------------------
 
     def mesh(self, mask: Input, *, labels=(), smoothing=None, decimation=0.0, min_island_mm3=None,
-             coordinate_system=0, fmt=0, output=None, inline=None, progress=None) -> CallResult:
+             coordinate_system=0, fmt=0, output=None, inline=None, file_stem="",
+             progress=None) -> CallResult:
+        """file_stem: base name of files sent back inline (e.g. "model": model.obj whose
+        mtllib line names model.mtl); default "mesh"."""
         inputs = {"mask": mask}
         options = {k: v for k, v in dict(smoothing=smoothing, min_island_mm3=min_island_mm3).items()
                    if v is not None}
         params = sm.MeshMaskParams(**_path_fields(inputs), labels=list(labels), decimation=decimation,
                                    coordinate_system=coordinate_system, format=fmt,
-                                   output_path=output or "", inline=bool(inline), **options)
+                                   output_path=output or "", inline=bool(inline),
+                                   file_stem=file_stem or "", **options)
         return self._call(self.smoothing.MeshMask, sm.MeshMaskRequest, params, inputs, progress)
 
     # --- nnunet ----------------------------------------------------------------------

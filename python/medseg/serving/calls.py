@@ -90,6 +90,12 @@ def _chunk_errors():
         raise FieldError(f"chunk.{exc.field}", f"{what}: {exc.reason}") from None
 
 
+def _result_encoding(volume: Volume) -> str:
+    """How a compressed inline result travels: masks gzip'd and bit-packed where their
+    values allow, anything else gzip'd."""
+    return "gzip+packed" if codec.packed_bits(volume.array) else "gzip"
+
+
 def _file_digest(name: str, data: bytes, path: str) -> pb.Digest:
     return pb.Digest(role=name, path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -241,18 +247,24 @@ class StreamingCall:
                                        bytes=volume.array.nbytes))
         if self.wants_inline(output):
             with self.timed(f"send {role}"):
-                for chunk in codec.volume_chunks(volume, role, digest=digest):
+                # Compressed (masks also bit-packed) when the request sent compressed volumes
+                # or asked for it; raw for clients that never mentioned compression.
+                compress = output.compression or any(v.compressed for v in self.inline.values())
+                for chunk in codec.volume_chunks(volume, role, digest=digest,
+                                                 encoding=_result_encoding(volume) if compress else "raw"):
                     yield self.response_cls(**{self.chunk_field: chunk})
             self.sent.append(pb.Digest(role=role, sha256=digest, bytes=volume.array.nbytes))
         return pb.OutputVolume(role=role, path=written, labels=summarize(volume))
 
-    def deliver_files(self, encode, path: str, inline: bool, field: str = "params.output_path"):
+    def deliver_files(self, encode, path: str, inline: bool, field: str = "params.output_path",
+                      stem: str = ""):
         """Files made by `encode(stem) -> {name: bytes}` (the first is the main file, e.g.
         model.obj before model.mtl): written atomically under the data root beside `path`
-        and/or streamed inline as FileChunks, as asked. Returns (via `yield from`) the paths
-        written, relative to the data root."""
+        and/or streamed inline as FileChunks, as asked. Without a path the files are named
+        after `stem` (default "mesh"). Returns (via `yield from`) the paths written,
+        relative to the data root."""
         target = self.root.output(field, path) if path else None
-        files = encode(target.name.removesuffix(target.suffix) if target else "mesh")
+        files = encode(target.name.removesuffix(target.suffix) if target else (stem or "mesh"))
         written = []
         if target is not None:
             with self.timed("write"):

@@ -31,7 +31,7 @@ MESH_FORMAT_PLY: MeshFormat
 MESH_FORMAT_GLB: MeshFormat
 
 class MeshMaskParams(_message.Message):
-    __slots__ = ("mask_path", "labels", "smoothing", "decimation", "min_island_mm3", "coordinate_system", "format", "output_path", "inline")
+    __slots__ = ("mask_path", "labels", "smoothing", "decimation", "min_island_mm3", "coordinate_system", "format", "output_path", "inline", "file_stem")
     MASK_PATH_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class MeshMaskParams(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PATH_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
+    FILE_STEM_FIELD_NUMBER: _ClassVar[int]
     mask_path: str
     labels: _containers.RepeatedScalarFieldContainer[int]
     smoothing: float
@@ -50,7 +51,8 @@ class MeshMaskParams(_message.Message):
     format: MeshFormat
     output_path: str
     inline: bool
-    def __init__(self, mask_path: _Optional[str] = ..., labels: _Optional[_Iterable[int]] = ..., smoothing: _Optional[float] = ..., decimation: _Optional[float] = ..., min_island_mm3: _Optional[float] = ..., coordinate_system: _Optional[_Union[CoordinateSystem, str]] = ..., format: _Optional[_Union[MeshFormat, str]] = ..., output_path: _Optional[str] = ..., inline: _Optional[bool] = ...) -> None: ...
+    file_stem: str
+    def __init__(self, mask_path: _Optional[str] = ..., labels: _Optional[_Iterable[int]] = ..., smoothing: _Optional[float] = ..., decimation: _Optional[float] = ..., min_island_mm3: _Optional[float] = ..., coordinate_system: _Optional[_Union[CoordinateSystem, str]] = ..., format: _Optional[_Union[MeshFormat, str]] = ..., output_path: _Optional[str] = ..., inline: _Optional[bool] = ..., file_stem: _Optional[str] = ...) -> None: ...
 
 class MeshMaskRequest(_message.Message):
     __slots__ = ("params", "chunk")
