@@ -137,3 +137,121 @@ def test_nifti_header_checks(tmp_path):
 def test_unsupported_dtype_cannot_travel():
     with pytest.raises(ValueError, match="cannot travel"):
         list(codec.volume_chunks(Volume(np.zeros((2, 2, 2), np.complex64)), "ct"))
+
+
+# --------------------------------------------------------------------------- compressed and bit-packed transfer (issue 17)
+
+import hashlib  # noqa: E402  (this section only)
+
+
+def _mask_volume(high: int = 6, shape=(7, 33, 29), dtype=np.uint8) -> Volume:
+    rng = np.random.default_rng(3)
+    array = rng.integers(0, high + 1, shape).astype(dtype)
+    array[:, :10] = 0  # some structure for gzip
+    return Volume(array, (0.8, 0.8, 2.5), (1.0, 2.0, 3.0))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip", "packed", "gzip+packed", "auto"])
+@pytest.mark.parametrize("high", [1, 3, 6, 15])
+def test_every_encoding_round_trips_with_the_raw_digest(encoding, high):
+    volume = _mask_volume(high)
+    raw = hashlib.sha256(volume.array.tobytes()).hexdigest()
+    chunks = list(codec.volume_chunks(volume, "mask", chunk_size=97, encoding=encoding))
+    [received] = assemble(chunks)
+    np.testing.assert_array_equal(received.volume.array, volume.array)
+    assert received.sha256 == raw == chunks[0].header.sha256
+    header = chunks[0].header
+    assert header.total_bytes == volume.array.nbytes
+    expected_bits = {1: 1, 3: 2, 6: 4, 15: 4}[high]
+    assert header.bits_per_voxel == (expected_bits if "packed" in encoding or encoding == "auto" else 0)
+    assert received.compressed == (header.compression == pb.VOLUME_COMPRESSION_GZIP)
+
+
+def test_wider_voxel_types_and_images():
+    for dtype in (np.uint16, np.int32):
+        volume = _mask_volume(3, dtype=dtype)
+        [received] = assemble(codec.volume_chunks(volume, "mask", chunk_size=50, encoding="gzip+packed"))
+        assert received.volume.array.dtype == dtype
+        np.testing.assert_array_equal(received.volume.array, volume.array)
+    ct = Volume(np.random.default_rng(0).integers(-1024, 2000, (5, 9, 11)).astype(np.int16))
+    assert codec.choose_encoding(ct.array) == (pb.VOLUME_COMPRESSION_UNSPECIFIED, 0)  # CT stays raw
+    [received] = assemble(codec.volume_chunks(ct, "ct", chunk_size=33, encoding="gzip"))  # odd split of int16
+    np.testing.assert_array_equal(received.volume.array, ct.array)
+    with pytest.raises(ValueError, match="packed"):
+        list(codec.volume_chunks(ct, "ct", encoding="packed"))
+
+
+def test_phantom_mask_wire_bytes_are_a_tenth_of_raw():
+    mask = np.zeros((60, 256, 256), np.uint8)
+    mask[10:50, 60:120, 50:110] = 1
+    mask[20:30, 80:90, 70:90] = 2
+    mask[:, 128:136, 120:128] = 3
+    chunks = list(codec.volume_chunks(Volume(mask), "mask", encoding="auto"))
+    wire = sum(c.ByteSize() for c in chunks)
+    assert wire <= mask.nbytes / 10
+    np.testing.assert_array_equal(assemble(chunks)[0].volume.array, mask)
+
+
+def _compressed(volume, chunk_size=64, **header):
+    chunks = list(codec.volume_chunks(volume, "mask", chunk_size=chunk_size, encoding="gzip"))
+    for name, value in header.items():
+        setattr(chunks[0].header, name, value)
+    return chunks
+
+
+def test_gzip_chunk_bomb_is_refused_before_inflating():
+    volume = Volume(np.zeros((4, 16, 16), np.uint8))  # 1024 bytes
+    chunks = _compressed(volume, chunk_size=64)
+    # A member inflating to far more than its declared 64 bytes (and than the volume).
+    chunks[1] = pb.VolumeChunk(data=codec.gzip_member(bytes(50 << 20)))
+    with pytest.raises(ValueError, match="beyond its declared 64"):
+        assemble(chunks)
+
+
+def test_wrong_sizes_and_corrupt_chunks_are_refused():
+    volume = _mask_volume(6)
+    short = _compressed(volume)
+    short[1] = pb.VolumeChunk(data=codec.gzip_member(bytes(10)))
+    with pytest.raises(ValueError, match="not its declared 64"):
+        assemble(short)
+    corrupt = _compressed(volume)
+    corrupt[2] = pb.VolumeChunk(data=b"\x1f\x8b" + bytes(20))
+    with pytest.raises(ValueError, match="corrupt gzip|truncated gzip"):
+        assemble(corrupt)
+    truncated = _compressed(volume)
+    truncated[1] = pb.VolumeChunk(data=truncated[1].data[:-6])
+    with pytest.raises(ValueError, match="truncated gzip"):
+        assemble(truncated)
+    trailing = _compressed(volume)
+    trailing[1] = pb.VolumeChunk(data=trailing[1].data + b"xx")
+    with pytest.raises(ValueError, match="after the gzip member"):
+        assemble(trailing)
+    extra = _compressed(volume) + [pb.VolumeChunk(data=codec.gzip_member(b"\0"))]
+    with pytest.raises(ValueError, match="before any volume header"):  # the volume was complete
+        assemble(extra)
+    missing = _compressed(volume)[:-1]
+    with pytest.raises(ValueError, match="truncated"):
+        assemble(missing)
+    digest = _compressed(volume, sha256="00" * 32)
+    with pytest.raises(codec.DigestMismatch):
+        assemble(digest)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"compression": 7}, "unknown compression"),
+    ({"bits_per_voxel": 3}, "bits_per_voxel must be"),
+    ({"chunk_bytes": 0}, "chunk_bytes must be"),
+    ({"chunk_bytes": (16 << 20) + 1}, "chunk_bytes must be"),
+])
+def test_bad_compression_headers_are_refused(overrides, words):
+    chunks = _compressed(_mask_volume(6), **overrides)
+    with pytest.raises(ValueError, match=words):
+        codec.VolumeAssembler().add(chunks[0])
+    float_packed = pb.VolumeHeader(role="mask", total_bytes=8 * 4, size=[2, 2, 2], spacing=[1, 1, 1],
+                                   origin=[0, 0, 0], voxel_type=pb.VOXEL_TYPE_FLOAT32, bits_per_voxel=1)
+    with pytest.raises(ValueError, match="integer voxel type"):
+        codec.VolumeAssembler().add(pb.VolumeChunk(header=float_packed))
+    nifti = pb.VolumeHeader(role="ct", encoding=pb.VOLUME_ENCODING_NIFTI, total_bytes=10,
+                            compression=pb.VOLUME_COMPRESSION_GZIP)
+    with pytest.raises(ValueError, match="RAW volumes only"):
+        codec.VolumeAssembler().add(pb.VolumeChunk(header=nifti))

@@ -93,7 +93,7 @@ def _local_volumes(inputs: dict[str, Input]) -> dict[str, Volume]:
 def _requests(request_cls, params, volumes: dict[str, Volume]) -> Iterator:
     yield request_cls(params=params)
     for role, volume in volumes.items():
-        for chunk in codec.volume_chunks(volume, role):
+        for chunk in codec.volume_chunks(volume, role, encoding="auto"):  # masks gzip'd + bit-packed
             yield request_cls(chunk=chunk)
 
 
@@ -103,7 +103,8 @@ def _path_fields(inputs: dict[str, Input]) -> dict[str, str]:
 
 def output_options(output: str | None = None, inline: bool | None = None) -> vpb.OutputOptions:
     """output: data-root path to write the result to; inline: stream it back too."""
-    return vpb.OutputOptions(path=output or "", inline=bool(inline))
+    return vpb.OutputOptions(path=output or "", inline=bool(inline),
+                             compression=vpb.VOLUME_COMPRESSION_GZIP)  # inline results compressed
 
 
 class Client:

@@ -88,15 +88,117 @@ def volume_header(volume: Volume, role: str, digest: str = "") -> pb.VolumeHeade
     )
 
 
+# --- compressed and bit-packed RAW volumes (VolumeHeader.compression / bits_per_voxel) --
+
+ENCODINGS = ("raw", "gzip", "packed", "gzip+packed", "auto")
+PACKABLE_BITS = (1, 2, 4)
+MAX_CHUNK_BYTES = 16 << 20  # largest declared inflated chunk accepted
+GZIP_LEVEL = 1
+
+
+def packed_bits(array: np.ndarray) -> int:
+    """Fewest bits (1, 2 or 4) holding every voxel of an integer volume; 0 when it cannot
+    be packed (not integer, negative values, or values >= 16)."""
+    if array.dtype.kind not in "ui" or array.size == 0:
+        return 0
+    low, high = int(array.min()), int(array.max())
+    if low < 0:
+        return 0
+    return next((bits for bits in PACKABLE_BITS if high < (1 << bits)), 0)
+
+
+def is_mask_like(array: np.ndarray) -> bool:
+    """Integer voxels all within 0..255: a label mask (CT has negative HU, or is float)."""
+    return (array.dtype.kind in "ui" and array.size > 0
+            and int(array.min()) >= 0 and int(array.max()) <= 255)
+
+
+def choose_encoding(array: np.ndarray, compress: bool = True) -> tuple[int, int]:
+    """(compression, bits_per_voxel) the SDK sends a volume with by default: masks gzip'd
+    and bit-packed where their values allow, anything else raw (CT barely compresses at
+    gzip speed). With compress=False: raw."""
+    if not compress or not is_mask_like(array):
+        return pb.VOLUME_COMPRESSION_UNSPECIFIED, 0
+    return pb.VOLUME_COMPRESSION_GZIP, packed_bits(array)
+
+
+def pack(values: np.ndarray, bits: int) -> bytes:
+    """Integer voxels (each < 2**bits) as the bit-packed stream of the contract."""
+    flat = values.reshape(-1).astype(np.uint8, copy=False)
+    if bits == 1:
+        return np.packbits(flat, bitorder="little").tobytes()
+    per_byte = 8 // bits
+    if len(flat) % per_byte:
+        flat = np.concatenate([flat, np.zeros(per_byte - len(flat) % per_byte, np.uint8)])
+    groups = flat.reshape(-1, per_byte)
+    out = groups[:, 0].copy()
+    for k in range(1, per_byte):
+        out |= groups[:, k] << (k * bits)
+    return out.tobytes()
+
+
+def unpack_into(stream, bits: int, out: np.ndarray) -> None:
+    """Decode len(out) voxels from the start of a bit-packed stream into `out` (1D)."""
+    packed = np.frombuffer(stream, np.uint8)
+    if bits == 1:
+        out[:] = np.unpackbits(packed, count=len(out), bitorder="little")
+        return
+    per_byte = 8 // bits
+    whole = len(out) // per_byte
+    mask = (1 << bits) - 1
+    if whole:
+        grid = out[: whole * per_byte].reshape(whole, per_byte)
+        for k in range(per_byte):
+            grid[:, k] = (packed[:whole] >> (k * bits)) & mask
+    for k in range(len(out) - whole * per_byte):
+        out[whole * per_byte + k] = (packed[whole] >> (k * bits)) & mask
+
+
+def _encoding(array: np.ndarray, encoding: str) -> tuple[int, int]:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if encoding == "auto":
+        return choose_encoding(array)
+    compression = (pb.VOLUME_COMPRESSION_GZIP if encoding.startswith("gzip")
+                   else pb.VOLUME_COMPRESSION_UNSPECIFIED)
+    bits = packed_bits(array) if encoding.endswith("packed") else 0
+    if encoding.endswith("packed") and bits == 0:
+        raise ValueError("encoding 'packed' needs integer voxels within 0..15")
+    return compression, bits
+
+
+def gzip_member(data) -> bytes:
+    """One complete gzip member of `data` (deflate level GZIP_LEVEL)."""
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
 def volume_chunks(volume: Volume, role: str, chunk_size: int = CHUNK_SIZE,
-                  digest: str | None = None) -> Iterator[pb.VolumeChunk]:
-    """A Volume as RAW chunks: header first (with the SHA-256 of the data, computed here
-    unless the caller already has it), then data."""
+                  digest: str | None = None, encoding: str = "raw") -> Iterator[pb.VolumeChunk]:
+    """A Volume as RAW chunks: header first (with the SHA-256 of the decoded voxels,
+    computed here unless the caller already has it), then data.
+
+    encoding: "raw" (plain voxels), "gzip" (one gzip member per `chunk_size` bytes of the
+    voxel stream), "packed" (bit-packed, integer voxels within 0..15), "gzip+packed", or
+    "auto" (choose_encoding: gzip+packed for masks, raw for anything else).
+    """
+    compression, bits = _encoding(volume.array, encoding)
     data = raw_bytes(volume.array)
     digest = digest or hashlib.sha256(data).hexdigest()
-    yield pb.VolumeChunk(header=volume_header(volume, role, digest))
-    for start in range(0, len(data), chunk_size):
-        yield pb.VolumeChunk(data=bytes(data[start:start + chunk_size]))
+    header = volume_header(volume, role, digest)
+    header.compression = compression
+    header.bits_per_voxel = bits
+    if compression:
+        header.chunk_bytes = chunk_size
+    yield pb.VolumeChunk(header=header)
+    if bits:
+        flat = volume.array.reshape(-1)
+        voxels = chunk_size * 8 // bits  # whole bytes of the stream per chunk
+        pieces = (pack(flat[start:start + voxels], bits) for start in range(0, len(flat), voxels))
+    else:
+        pieces = (bytes(data[start:start + chunk_size]) for start in range(0, len(data), chunk_size))
+    for piece in pieces:
+        yield pb.VolumeChunk(data=gzip_member(piece) if compression else piece)
 
 
 def file_volume_chunks(path: str | Path, role: str,
@@ -127,6 +229,7 @@ class ReceivedVolume:
     volume: Volume
     sha256: str
     nbytes: int
+    compressed: bool = False  # travelled with a VolumeHeader.compression
 
 
 def check_header(header: pb.VolumeHeader, max_bytes: int) -> None:
@@ -139,6 +242,10 @@ def check_header(header: pb.VolumeHeader, max_bytes: int) -> None:
     if header.encoding == pb.VOLUME_ENCODING_NIFTI:
         if header.total_bytes == 0:
             raise VolumeError(header.role, "header.total_bytes", "total_bytes is 0: the file is empty")
+        for name in ("compression", "bits_per_voxel", "chunk_bytes"):
+            if getattr(header, name):
+                raise VolumeError(header.role, f"header.{name}", f"{name} applies to RAW volumes "
+                                  f"only (a NIfTI file may be .nii.gz)")
         return
     if header.encoding not in (pb.VOLUME_ENCODING_UNSPECIFIED, pb.VOLUME_ENCODING_RAW):
         raise VolumeError(header.role, "header.encoding", f"unknown encoding {header.encoding}")
@@ -158,6 +265,20 @@ def check_header(header: pb.VolumeHeader, max_bytes: int) -> None:
     if header.total_bytes != expected:
         raise VolumeError(header.role, "header.total_bytes", f"total_bytes {header.total_bytes} "
                           f"does not match size x voxel type ({expected} bytes)")
+    if header.compression not in (pb.VOLUME_COMPRESSION_UNSPECIFIED, pb.VOLUME_COMPRESSION_GZIP):
+        raise VolumeError(header.role, "header.compression", f"unknown compression {header.compression}")
+    if header.bits_per_voxel not in (0, *PACKABLE_BITS):
+        raise VolumeError(header.role, "header.bits_per_voxel", f"bits_per_voxel must be 0, 1, 2 "
+                          f"or 4, got {header.bits_per_voxel}")
+    if header.bits_per_voxel and VOXEL_DTYPES[header.voxel_type].kind not in "ui":
+        raise VolumeError(header.role, "header.bits_per_voxel", "bits_per_voxel needs an integer "
+                          "voxel type")
+    if header.compression and not 1 <= header.chunk_bytes <= MAX_CHUNK_BYTES:
+        raise VolumeError(header.role, "header.chunk_bytes", f"chunk_bytes must be "
+                          f"1..{MAX_CHUNK_BYTES} with compression, got {header.chunk_bytes}")
+    if not header.compression and header.chunk_bytes:
+        raise VolumeError(header.role, "header.chunk_bytes", "chunk_bytes is only for compressed "
+                          "volumes")
     for name, values in (("spacing", header.spacing), ("origin", header.origin)):
         if len(values) != 3 or not all(np.isfinite(values)):
             raise VolumeError(header.role, f"header.{name}", f"{name} must be 3 finite numbers")
@@ -172,39 +293,99 @@ def check_header(header: pb.VolumeHeader, max_bytes: int) -> None:
 
 
 class VolumeAssembler:
-    """Rebuilds volumes from VolumeChunk messages, checking every limit on the way."""
+    """Rebuilds volumes from VolumeChunk messages, checking every limit on the way.
+
+    RAW voxels land in one array preallocated from the (checked) header and are hashed
+    chunk by chunk as they arrive, so the end of a stream costs nothing; gzip chunks are
+    inflated at most to their declared size, bit-packed ones unpacked straight into place.
+    """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_VOLUME_BYTES):
         self.max_bytes = max_bytes
         self.done: list[ReceivedVolume] = []
         self._header: pb.VolumeHeader | None = None
-        self._buffer: bytearray | None = None
-        self._filled = 0
+        self._buffer: bytearray | None = None  # NIfTI file bytes
+        self._voxels: np.ndarray | None = None  # RAW: decoded voxels, flat
+        self._bytes: memoryview | None = None  # RAW: the same memory as bytes
+        self._stream = 0  # bytes of the (packed) voxel stream expected
+        self._filled = 0  # bytes of it received (decoded)
         self._hash = hashlib.sha256()
 
     def add(self, chunk: pb.VolumeChunk) -> None:
         part = chunk.WhichOneof("part")
         if part == "header":
             self._expect_complete()
-            check_header(chunk.header, self.max_bytes)
-            self._header = chunk.header
-            self._buffer = bytearray(chunk.header.total_bytes)
+            header = chunk.header
+            check_header(header, self.max_bytes)
+            self._header = header
             self._filled = 0
             self._hash = hashlib.sha256()
+            if header.encoding == pb.VOLUME_ENCODING_NIFTI:
+                self._buffer = bytearray(header.total_bytes)
+                self._stream = header.total_bytes
+            else:
+                dtype = VOXEL_DTYPES[header.voxel_type]
+                count = header.total_bytes // dtype.itemsize
+                self._voxels = np.empty(count, dtype)
+                self._bytes = memoryview(self._voxels.view(np.uint8))
+                bits = header.bits_per_voxel
+                self._stream = (count * bits + 7) // 8 if bits else header.total_bytes
+            if self._stream == 0:
+                self._finish()
         elif part == "data":
             if self._header is None:
                 raise VolumeError("", "data", "volume data arrived before any volume header")
-            end = self._filled + len(chunk.data)
-            if end > len(self._buffer):
-                raise VolumeError(self._header.role, "data", f"more data than the header's "
-                                  f"total_bytes ({self._header.total_bytes})")
-            self._buffer[self._filled:end] = chunk.data
-            self._hash.update(chunk.data)
+            header = self._header
+            data = chunk.data
+            if header.compression:
+                data = self._inflate(data)
+            end = self._filled + len(data)
+            if end > self._stream:
+                raise VolumeError(header.role, "data", f"more data than the header's "
+                                  f"total_bytes ({header.total_bytes})")
+            if header.encoding == pb.VOLUME_ENCODING_NIFTI:
+                self._buffer[self._filled:end] = data
+                self._hash.update(data)
+            elif header.bits_per_voxel:
+                per_byte = 8 // header.bits_per_voxel
+                first = self._filled * per_byte
+                last = min(end * per_byte, len(self._voxels))
+                unpack_into(data, header.bits_per_voxel, self._voxels[first:last])
+                size = self._voxels.dtype.itemsize
+                self._hash.update(self._bytes[first * size:last * size])
+            else:
+                self._bytes[self._filled:end] = data
+                self._hash.update(data)
             self._filled = end
-            if self._filled == len(self._buffer):
+            if self._filled == self._stream:
                 self._finish()
         else:
             raise VolumeError("", "part", "empty volume chunk (neither header nor data)")
+
+    def _inflate(self, data: bytes) -> bytes:
+        """One gzip member inflated to exactly its declared size, never beyond it."""
+        header = self._header
+        expected = min(header.chunk_bytes, self._stream - self._filled)
+        if expected <= 0:
+            raise VolumeError(header.role, "data", f"more data than the header's total_bytes "
+                              f"({header.total_bytes})")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(data, expected)
+            if inflater.unconsumed_tail or (not inflater.eof and inflater.decompress(b"", 1)):
+                raise VolumeError(header.role, "data", f"a gzip chunk inflates beyond its declared "
+                                  f"{expected} bytes (chunk_bytes)")
+        except zlib.error as exc:
+            raise VolumeError(header.role, "data", f"corrupt gzip chunk ({exc})") from None
+        if not inflater.eof:
+            raise VolumeError(header.role, "data", "truncated gzip chunk")
+        if inflater.unused_data:
+            raise VolumeError(header.role, "data", "bytes after the gzip member of a chunk "
+                              "(one member per chunk)")
+        if len(out) != expected:
+            raise VolumeError(header.role, "data", f"a gzip chunk inflates to {len(out)} bytes, "
+                              f"not its declared {expected} (chunk_bytes)")
+        return out
 
     def finish(self) -> list[ReceivedVolume]:
         """All volumes, once the stream ended. Raises if one is incomplete."""
@@ -214,19 +395,20 @@ class VolumeAssembler:
     def _expect_complete(self) -> None:
         if self._header is not None:
             raise VolumeError(self._header.role, "data", f"truncated: got {self._filled} of "
-                              f"{self._header.total_bytes} bytes")
+                              f"{self._stream} bytes")
 
     def _finish(self) -> None:
-        header, data = self._header, self._buffer
-        self._header, self._buffer = None, None
+        header = self._header
+        self._header = None
         if header.sha256 and header.sha256.lower() != self._hash.hexdigest():
             raise DigestMismatch(f"volume '{header.role}': data digest {self._hash.hexdigest()} "
                                  f"does not match the header's sha256 {header.sha256}")
         if header.encoding == pb.VOLUME_ENCODING_NIFTI:
+            data, self._buffer = self._buffer, None
             volume = decode_nifti(bytes(data), self.max_bytes, header.role)
             digest = volume.sha256()
         else:
-            array = np.frombuffer(data, dtype=VOXEL_DTYPES[header.voxel_type])
+            array, self._voxels, self._bytes = self._voxels, None, None
             array = array.reshape(tuple(reversed(header.size))).astype(
                 array.dtype.newbyteorder("="), copy=False)
             volume = Volume(array, tuple(header.spacing), tuple(header.origin),
@@ -234,7 +416,8 @@ class VolumeAssembler:
             digest = self._hash.hexdigest()
         if header.labels:
             volume.labels = {e.value: e.name for e in header.labels}
-        self.done.append(ReceivedVolume(header.role, volume, digest, volume.array.nbytes))
+        self.done.append(ReceivedVolume(header.role, volume, digest, volume.array.nbytes,
+                                        compressed=bool(header.compression)))
 
 
 # --- NIfTI ---------------------------------------------------------------------------

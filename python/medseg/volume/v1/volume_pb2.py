@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmedseg/volume/v1/volume.proto\x12\x10medseg.volume.v1\x1a google/protobuf/descriptor.proto\")\n\nLabelEntry\x12\r\n\x05value\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x96\x02\n\x0cVolumeHeader\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x32\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32 .medseg.volume.v1.VolumeEncoding\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x03(\r\x12\x0f\n\x07spacing\x18\x05 \x03(\x01\x12\x0e\n\x06origin\x18\x06 \x03(\x01\x12\x11\n\tdirection\x18\x07 \x03(\x01\x12/\n\nvoxel_type\x18\x08 \x01(\x0e\x32\x1b.medseg.volume.v1.VoxelType\x12,\n\x06labels\x18\t \x03(\x0b\x32\x1c.medseg.volume.v1.LabelEntry\x12\x0e\n\x06sha256\x18\n \x01(\t\"W\n\x0bVolumeChunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.medseg.volume.v1.VolumeHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"<\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"<\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x0f\n\x07message\x18\x03 \x01(\t\"C\n\x06\x44igest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"S\n\x0b\x42oundingBox\x12\x11\n\tmin_index\x18\x01 \x03(\r\x12\x11\n\tmax_index\x18\x02 \x03(\r\x12\x0e\n\x06min_mm\x18\x03 \x03(\x01\x12\x0e\n\x06max_mm\x18\x04 \x03(\x01\"\x80\x01\n\x0cLabelSummary\x12\r\n\x05value\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bvoxel_count\x18\x03 \x01(\x04\x12\x11\n\tvolume_ml\x18\x04 \x01(\x01\x12+\n\x04\x62\x62ox\x18\x05 \x01(\x0b\x32\x1d.medseg.volume.v1.BoundingBox\"(\n\x06Timing\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"Z\n\x0cOutputVolume\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.medseg.volume.v1.LabelSummary\"\x8b\x01\n\nResultInfo\x12*\n\x08received\x18\x01 \x03(\x0b\x32\x18.medseg.volume.v1.Digest\x12&\n\x04sent\x18\x02 \x03(\x0b\x32\x18.medseg.volume.v1.Digest\x12)\n\x07timings\x18\x03 \x03(\x0b\x32\x18.medseg.volume.v1.Timing\"-\n\rOutputOptions\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06inline\x18\x02 \x01(\x08*\xa3\x02\n\x05Label\x12\x30\n\x11LABEL_UNSPECIFIED\x10\x00\x1a\x19\x8a\xb5\x18\nbackground\x92\xb5\x18\x07#000000\x12\'\n\x0cLABEL_KIDNEY\x10\x01\x1a\x15\x8a\xb5\x18\x06kidney\x92\xb5\x18\x07#c87864\x12%\n\x0bLABEL_TUMOR\x10\x02\x1a\x14\x8a\xb5\x18\x05tumor\x92\xb5\x18\x07#e6dc46\x12\'\n\x0cLABEL_ARTERY\x10\x03\x1a\x15\x8a\xb5\x18\x06\x61rtery\x92\xb5\x18\x07#d72828\x12#\n\nLABEL_VEIN\x10\x04\x1a\x13\x8a\xb5\x18\x04vein\x92\xb5\x18\x07#2850d7\x12\'\n\x0cLABEL_URETER\x10\x05\x1a\x15\x8a\xb5\x18\x06ureter\x92\xb5\x18\x07#e6a03c\x12!\n\tLABEL_FAT\x10\x06\x1a\x12\x8a\xb5\x18\x03\x66\x61t\x92\xb5\x18\x07#f5e6aa*\xdc\x01\n\tVoxelType\x12\x1a\n\x16VOXEL_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10VOXEL_TYPE_UINT8\x10\x01\x12\x13\n\x0fVOXEL_TYPE_INT8\x10\x02\x12\x15\n\x11VOXEL_TYPE_UINT16\x10\x03\x12\x14\n\x10VOXEL_TYPE_INT16\x10\x04\x12\x15\n\x11VOXEL_TYPE_UINT32\x10\x05\x12\x14\n\x10VOXEL_TYPE_INT32\x10\x06\x12\x16\n\x12VOXEL_TYPE_FLOAT32\x10\x07\x12\x16\n\x12VOXEL_TYPE_FLOAT64\x10\x08*e\n\x0eVolumeEncoding\x12\x1f\n\x1bVOLUME_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VOLUME_ENCODING_RAW\x10\x01\x12\x19\n\x15VOLUME_ENCODING_NIFTI\x10\x02:7\n\nlabel_name\x12!.google.protobuf.EnumValueOptions\x18\xd1\x86\x03 \x01(\t:8\n\x0blabel_color\x12!.google.protobuf.EnumValueOptions\x18\xd2\x86\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmedseg/volume/v1/volume.proto\x12\x10medseg.volume.v1\x1a google/protobuf/descriptor.proto\")\n\nLabelEntry\x12\r\n\x05value\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xfd\x02\n\x0cVolumeHeader\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x32\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32 .medseg.volume.v1.VolumeEncoding\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x03(\r\x12\x0f\n\x07spacing\x18\x05 \x03(\x01\x12\x0e\n\x06origin\x18\x06 \x03(\x01\x12\x11\n\tdirection\x18\x07 \x03(\x01\x12/\n\nvoxel_type\x18\x08 \x01(\x0e\x32\x1b.medseg.volume.v1.VoxelType\x12,\n\x06labels\x18\t \x03(\x0b\x32\x1c.medseg.volume.v1.LabelEntry\x12\x0e\n\x06sha256\x18\n \x01(\t\x12\x38\n\x0b\x63ompression\x18\x0b \x01(\x0e\x32#.medseg.volume.v1.VolumeCompression\x12\x16\n\x0e\x62its_per_voxel\x18\x0c \x01(\r\x12\x13\n\x0b\x63hunk_bytes\x18\r \x01(\x04\"W\n\x0bVolumeChunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.medseg.volume.v1.VolumeHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"<\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"<\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x0f\n\x07message\x18\x03 \x01(\t\"C\n\x06\x44igest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"S\n\x0b\x42oundingBox\x12\x11\n\tmin_index\x18\x01 \x03(\r\x12\x11\n\tmax_index\x18\x02 \x03(\r\x12\x0e\n\x06min_mm\x18\x03 \x03(\x01\x12\x0e\n\x06max_mm\x18\x04 \x03(\x01\"\x80\x01\n\x0cLabelSummary\x12\r\n\x05value\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bvoxel_count\x18\x03 \x01(\x04\x12\x11\n\tvolume_ml\x18\x04 \x01(\x01\x12+\n\x04\x62\x62ox\x18\x05 \x01(\x0b\x32\x1d.medseg.volume.v1.BoundingBox\"(\n\x06Timing\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"Z\n\x0cOutputVolume\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.medseg.volume.v1.LabelSummary\"\x8b\x01\n\nResultInfo\x12*\n\x08received\x18\x01 \x03(\x0b\x32\x18.medseg.volume.v1.Digest\x12&\n\x04sent\x18\x02 \x03(\x0b\x32\x18.medseg.volume.v1.Digest\x12)\n\x07timings\x18\x03 \x03(\x0b\x32\x18.medseg.volume.v1.Timing\"g\n\rOutputOptions\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06inline\x18\x02 \x01(\x08\x12\x38\n\x0b\x63ompression\x18\x03 \x01(\x0e\x32#.medseg.volume.v1.VolumeCompression*\xa3\x02\n\x05Label\x12\x30\n\x11LABEL_UNSPECIFIED\x10\x00\x1a\x19\x8a\xb5\x18\nbackground\x92\xb5\x18\x07#000000\x12\'\n\x0cLABEL_KIDNEY\x10\x01\x1a\x15\x8a\xb5\x18\x06kidney\x92\xb5\x18\x07#c87864\x12%\n\x0bLABEL_TUMOR\x10\x02\x1a\x14\x8a\xb5\x18\x05tumor\x92\xb5\x18\x07#e6dc46\x12\'\n\x0cLABEL_ARTERY\x10\x03\x1a\x15\x8a\xb5\x18\x06\x61rtery\x92\xb5\x18\x07#d72828\x12#\n\nLABEL_VEIN\x10\x04\x1a\x13\x8a\xb5\x18\x04vein\x92\xb5\x18\x07#2850d7\x12\'\n\x0cLABEL_URETER\x10\x05\x1a\x15\x8a\xb5\x18\x06ureter\x92\xb5\x18\x07#e6a03c\x12!\n\tLABEL_FAT\x10\x06\x1a\x12\x8a\xb5\x18\x03\x66\x61t\x92\xb5\x18\x07#f5e6aa*\xdc\x01\n\tVoxelType\x12\x1a\n\x16VOXEL_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10VOXEL_TYPE_UINT8\x10\x01\x12\x13\n\x0fVOXEL_TYPE_INT8\x10\x02\x12\x15\n\x11VOXEL_TYPE_UINT16\x10\x03\x12\x14\n\x10VOXEL_TYPE_INT16\x10\x04\x12\x15\n\x11VOXEL_TYPE_UINT32\x10\x05\x12\x14\n\x10VOXEL_TYPE_INT32\x10\x06\x12\x16\n\x12VOXEL_TYPE_FLOAT32\x10\x07\x12\x16\n\x12VOXEL_TYPE_FLOAT64\x10\x08*e\n\x0eVolumeEncoding\x12\x1f\n\x1bVOLUME_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VOLUME_ENCODING_RAW\x10\x01\x12\x19\n\x15VOLUME_ENCODING_NIFTI\x10\x02*T\n\x11VolumeCompression\x12\"\n\x1eVOLUME_COMPRESSION_UNSPECIFIED\x10\x00\x12\x1b\n\x17VOLUME_COMPRESSION_GZIP\x10\x01:7\n\nlabel_name\x12!.google.protobuf.EnumValueOptions\x18\xd1\x86\x03 \x01(\t:8\n\x0blabel_color\x12!.google.protobuf.EnumValueOptions\x18\xd2\x86\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,34 +46,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABEL'].values_by_name["LABEL_URETER"]._serialized_options = b'\212\265\030\006ureter\222\265\030\007#e6a03c'
   _globals['_LABEL'].values_by_name["LABEL_FAT"]._loaded_options = None
   _globals['_LABEL'].values_by_name["LABEL_FAT"]._serialized_options = b'\212\265\030\003fat\222\265\030\007#f5e6aa'
-  _globals['_LABEL']._serialized_start=1231
-  _globals['_LABEL']._serialized_end=1522
-  _globals['_VOXELTYPE']._serialized_start=1525
-  _globals['_VOXELTYPE']._serialized_end=1745
-  _globals['_VOLUMEENCODING']._serialized_start=1747
-  _globals['_VOLUMEENCODING']._serialized_end=1848
+  _globals['_LABEL']._serialized_start=1392
+  _globals['_LABEL']._serialized_end=1683
+  _globals['_VOXELTYPE']._serialized_start=1686
+  _globals['_VOXELTYPE']._serialized_end=1906
+  _globals['_VOLUMEENCODING']._serialized_start=1908
+  _globals['_VOLUMEENCODING']._serialized_end=2009
+  _globals['_VOLUMECOMPRESSION']._serialized_start=2011
+  _globals['_VOLUMECOMPRESSION']._serialized_end=2095
   _globals['_LABELENTRY']._serialized_start=85
   _globals['_LABELENTRY']._serialized_end=126
   _globals['_VOLUMEHEADER']._serialized_start=129
-  _globals['_VOLUMEHEADER']._serialized_end=407
-  _globals['_VOLUMECHUNK']._serialized_start=409
-  _globals['_VOLUMECHUNK']._serialized_end=496
-  _globals['_FILECHUNK']._serialized_start=498
-  _globals['_FILECHUNK']._serialized_end=558
-  _globals['_PROGRESS']._serialized_start=560
-  _globals['_PROGRESS']._serialized_end=620
-  _globals['_DIGEST']._serialized_start=622
-  _globals['_DIGEST']._serialized_end=689
-  _globals['_BOUNDINGBOX']._serialized_start=691
-  _globals['_BOUNDINGBOX']._serialized_end=774
-  _globals['_LABELSUMMARY']._serialized_start=777
-  _globals['_LABELSUMMARY']._serialized_end=905
-  _globals['_TIMING']._serialized_start=907
-  _globals['_TIMING']._serialized_end=947
-  _globals['_OUTPUTVOLUME']._serialized_start=949
-  _globals['_OUTPUTVOLUME']._serialized_end=1039
-  _globals['_RESULTINFO']._serialized_start=1042
-  _globals['_RESULTINFO']._serialized_end=1181
-  _globals['_OUTPUTOPTIONS']._serialized_start=1183
-  _globals['_OUTPUTOPTIONS']._serialized_end=1228
+  _globals['_VOLUMEHEADER']._serialized_end=510
+  _globals['_VOLUMECHUNK']._serialized_start=512
+  _globals['_VOLUMECHUNK']._serialized_end=599
+  _globals['_FILECHUNK']._serialized_start=601
+  _globals['_FILECHUNK']._serialized_end=661
+  _globals['_PROGRESS']._serialized_start=663
+  _globals['_PROGRESS']._serialized_end=723
+  _globals['_DIGEST']._serialized_start=725
+  _globals['_DIGEST']._serialized_end=792
+  _globals['_BOUNDINGBOX']._serialized_start=794
+  _globals['_BOUNDINGBOX']._serialized_end=877
+  _globals['_LABELSUMMARY']._serialized_start=880
+  _globals['_LABELSUMMARY']._serialized_end=1008
+  _globals['_TIMING']._serialized_start=1010
+  _globals['_TIMING']._serialized_end=1050
+  _globals['_OUTPUTVOLUME']._serialized_start=1052
+  _globals['_OUTPUTVOLUME']._serialized_end=1142
+  _globals['_RESULTINFO']._serialized_start=1145
+  _globals['_RESULTINFO']._serialized_end=1284
+  _globals['_OUTPUTOPTIONS']._serialized_start=1286
+  _globals['_OUTPUTOPTIONS']._serialized_end=1389
 # @@protoc_insertion_point(module_scope)

@@ -35,6 +35,11 @@ class VolumeEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VOLUME_ENCODING_UNSPECIFIED: _ClassVar[VolumeEncoding]
     VOLUME_ENCODING_RAW: _ClassVar[VolumeEncoding]
     VOLUME_ENCODING_NIFTI: _ClassVar[VolumeEncoding]
+
+class VolumeCompression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VOLUME_COMPRESSION_UNSPECIFIED: _ClassVar[VolumeCompression]
+    VOLUME_COMPRESSION_GZIP: _ClassVar[VolumeCompression]
 LABEL_UNSPECIFIED: Label
 LABEL_KIDNEY: Label
 LABEL_TUMOR: Label
@@ -54,6 +59,8 @@ VOXEL_TYPE_FLOAT64: VoxelType
 VOLUME_ENCODING_UNSPECIFIED: VolumeEncoding
 VOLUME_ENCODING_RAW: VolumeEncoding
 VOLUME_ENCODING_NIFTI: VolumeEncoding
+VOLUME_COMPRESSION_UNSPECIFIED: VolumeCompression
+VOLUME_COMPRESSION_GZIP: VolumeCompression
 LABEL_NAME_FIELD_NUMBER: _ClassVar[int]
 label_name: _descriptor.FieldDescriptor
 LABEL_COLOR_FIELD_NUMBER: _ClassVar[int]
@@ -68,7 +75,7 @@ class LabelEntry(_message.Message):
     def __init__(self, value: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class VolumeHeader(_message.Message):
-    __slots__ = ("role", "encoding", "total_bytes", "size", "spacing", "origin", "direction", "voxel_type", "labels", "sha256")
+    __slots__ = ("role", "encoding", "total_bytes", "size", "spacing", "origin", "direction", "voxel_type", "labels", "sha256", "compression", "bits_per_voxel", "chunk_bytes")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +86,9 @@ class VolumeHeader(_message.Message):
     VOXEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    BITS_PER_VOXEL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     role: str
     encoding: VolumeEncoding
     total_bytes: int
@@ -89,7 +99,10 @@ class VolumeHeader(_message.Message):
     voxel_type: VoxelType
     labels: _containers.RepeatedCompositeFieldContainer[LabelEntry]
     sha256: str
-    def __init__(self, role: _Optional[str] = ..., encoding: _Optional[_Union[VolumeEncoding, str]] = ..., total_bytes: _Optional[int] = ..., size: _Optional[_Iterable[int]] = ..., spacing: _Optional[_Iterable[float]] = ..., origin: _Optional[_Iterable[float]] = ..., direction: _Optional[_Iterable[float]] = ..., voxel_type: _Optional[_Union[VoxelType, str]] = ..., labels: _Optional[_Iterable[_Union[LabelEntry, _Mapping]]] = ..., sha256: _Optional[str] = ...) -> None: ...
+    compression: VolumeCompression
+    bits_per_voxel: int
+    chunk_bytes: int
+    def __init__(self, role: _Optional[str] = ..., encoding: _Optional[_Union[VolumeEncoding, str]] = ..., total_bytes: _Optional[int] = ..., size: _Optional[_Iterable[int]] = ..., spacing: _Optional[_Iterable[float]] = ..., origin: _Optional[_Iterable[float]] = ..., direction: _Optional[_Iterable[float]] = ..., voxel_type: _Optional[_Union[VoxelType, str]] = ..., labels: _Optional[_Iterable[_Union[LabelEntry, _Mapping]]] = ..., sha256: _Optional[str] = ..., compression: _Optional[_Union[VolumeCompression, str]] = ..., bits_per_voxel: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class VolumeChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -186,9 +199,11 @@ class ResultInfo(_message.Message):
     def __init__(self, received: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., sent: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[Timing, _Mapping]]] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("path", "inline")
+    __slots__ = ("path", "inline", "compression")
     PATH_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     path: str
     inline: bool
-    def __init__(self, path: _Optional[str] = ..., inline: _Optional[bool] = ...) -> None: ...
+    compression: VolumeCompression
+    def __init__(self, path: _Optional[str] = ..., inline: _Optional[bool] = ..., compression: _Optional[_Union[VolumeCompression, str]] = ...) -> None: ...
