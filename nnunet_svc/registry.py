@@ -15,6 +15,7 @@ Label tables and maps are written with names, not numbers, so no label number is
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,27 @@ class ModelSpec:
     label_map: dict[int, int]  # model label value -> task output label value
     channel_names: tuple[str, ...] = ()  # dataset.json channel names, in channel order
     model_labels: dict[int, str] = field(default_factory=dict)  # dataset.json labels, value -> name
+
+
+def model_version(spec: ModelSpec) -> str:
+    """Human-readable identity of a results folder: dataset/trainer__plans__configuration,
+    folds and checkpoint (the digest says whether the weights are the same)."""
+    folds = ",".join(str(f) for f in spec.folds)
+    return f"{spec.folder.parent.name}/{spec.folder.name} folds {folds} {spec.checkpoint}"
+
+
+def model_digest(specs: list[ModelSpec]) -> str:
+    """sha256 over what a prediction depends on: each model's plans.json, dataset.json and
+    its folds' checkpoints, in order. Equal digests mean the same weights and settings."""
+    digest = hashlib.sha256()
+    for spec in specs:
+        files = [spec.folder / "plans.json", spec.folder / "dataset.json"]
+        files += [spec.folder / f"fold_{f}" / spec.checkpoint for f in spec.folds]
+        for path in files:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass

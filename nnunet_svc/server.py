@@ -19,6 +19,7 @@ from medseg.serving.errors import FieldError, NotReady, streaming_rpc, unary_rpc
 from medseg.serving.server import Server, serve_forever, setup_logging
 from medseg.serving.work import WorkQueue
 from medseg.volume.v1 import volume_pb2 as vpb
+from nnunet_svc.registry import load_registry, model_digest, model_version
 
 log = logging.getLogger("medseg.nnunet")
 SERVICE_NAME = addresses.SERVICE_NAMES["nnunet"]
@@ -28,8 +29,6 @@ TASK_NAMES = {pb.TASK_TOTAL: "total", pb.TASK_VESSELS: "vessels", pb.TASK_URETER
 
 class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
     def __init__(self, config: ServerConfig, registry: dict | None = None):
-        from nnunet_svc.registry import load_registry
-
         self.config = config
         self.registry = registry if registry is not None else load_registry(config.model_registry)
         self.predictors: dict = {}
@@ -38,6 +37,7 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
         # device, a bounded queue in front of it.
         self.queue = WorkQueue(1, config.queue_capacity, "nnunet")
         self.load_error: str | None = None
+        self.digests: dict[str, str] = {}
 
     def load(self, on_ready=None) -> None:
         """Build and warm up every predictor (run in a background thread at start-up)."""
@@ -59,6 +59,12 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
             log.exception("model loading failed")
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _digest(self, task: str) -> str:
+        """The task's model digest, hashed once (checkpoints are large)."""
+        if task not in self.digests:
+            self.digests[task] = model_digest(self.registry[task].models)
+        return self.digests[task]
 
     def _predictor(self, task: str):
         if task not in self.registry:
@@ -157,6 +163,7 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
                 task=task, phases=spec.phases,
                 labels=[vpb.LabelEntry(value=v, name=n) for v, n in sorted(spec.labels.items())],
                 model_folders=[str(m.folder) for m in spec.models],
+                model_versions=[model_version(m) for m in spec.models], digest=self._digest(name),
                 ready=bool(predictor and predictor.ready), kidney_crop=spec.kidney_crop))
         return pb.ListModelsResponse(models=models, device=self.device,
                                      queue_depth=self.queue.depth,

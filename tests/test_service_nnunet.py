@@ -70,6 +70,11 @@ def test_list_models_reports_every_task_ready(client, registry):
     assert all(m.ready for m in reply.models)
     assert list(tasks["TASK_VESSELS"].phases) == registry["vessels"].phases
     assert reply.queue_capacity == 2
+    # Each task names its weights: version per results folder, one digest over them.
+    assert [v.split(" ")[0] for v in tasks["TASK_VESSELS"].model_versions] == [
+        f"{m.folder.parent.name}/{m.folder.name}" for m in registry["vessels"].models]
+    assert all(len(m.digest) == 64 for m in reply.models)
+    assert len({m.digest for m in reply.models}) == 4  # different weights, different digests
 
 
 @pytest.mark.parametrize("task", ["total", "tumor", "ureter", "vessels"])

@@ -184,20 +184,24 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("task", "phases", "labels", "model_folders", "ready", "kidney_crop")
+    __slots__ = ("task", "phases", "labels", "model_folders", "ready", "kidney_crop", "model_versions", "digest")
     TASK_FIELD_NUMBER: _ClassVar[int]
     PHASES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FOLDERS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     task: Task
     phases: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.RepeatedCompositeFieldContainer[_volume_pb2.LabelEntry]
     model_folders: _containers.RepeatedScalarFieldContainer[str]
     ready: bool
     kidney_crop: bool
-    def __init__(self, task: _Optional[_Union[Task, str]] = ..., phases: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[_volume_pb2.LabelEntry, _Mapping]]] = ..., model_folders: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., kidney_crop: _Optional[bool] = ...) -> None: ...
+    model_versions: _containers.RepeatedScalarFieldContainer[str]
+    digest: str
+    def __init__(self, task: _Optional[_Union[Task, str]] = ..., phases: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[_volume_pb2.LabelEntry, _Mapping]]] = ..., model_folders: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., kidney_crop: _Optional[bool] = ..., model_versions: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "device", "queue_depth", "queue_capacity")
