@@ -147,7 +147,8 @@ def step_segment(ctx: JobContext) -> StepOutcome:
         files.append(name)
     listed = {nn.Task.Name(m.task).removeprefix("TASK_").lower(): m for m in ctx.client.list_models().models}
     models = [{"task": t, "folders": list(listed[t].model_folders) if t in listed else [],
-               "version": "", "digest": ""} for t in tasks]
+               "version": "; ".join(listed[t].model_versions) if t in listed else "",
+               "digest": listed[t].digest if t in listed else ""} for t in tasks]
     inputs_info = {}
     for phase, item in ctx.spec["inputs"].items():
         size, spacing = _image_info(ctx.root / item["path"])
@@ -274,7 +275,7 @@ def step_mesh(ctx: JobContext) -> StepOutcome:
 
 
 def step_measure(ctx: JobContext) -> StepOutcome:
-    out = ctx.client.measure(ctx.ref("mask.nii.gz"), progress=ctx.progress_for("measure"))
+    out = ctx.client.measure(ctx.ref("mask.nii.gz"), progress=ctx.progress_for("measure"), tumor_facts=True)
     structures = []
     for m in out.result.labels:
         structures.append({
@@ -285,8 +286,32 @@ def step_measure(ctx: JobContext) -> StepOutcome:
             "largest_diameter_mm": float(m.largest_diameter_mm)})
     from google.protobuf import json_format
     raw = [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in out.result.labels]
-    return StepOutcome([], {"structures": structures, "labels": raw},
+    tumors = [_tumor_entry(t) for t in out.result.tumors]
+    return StepOutcome([], {"structures": structures, "labels": raw, "tumors": tumors},
                        note=", ".join(f"{s['name']} {s['volume_ml']:.1f} ml" for s in structures))
+
+
+def _tumor_entry(t) -> dict:
+    """A Measure TumorFacts message as the report's tumor entry (unset facts are null)."""
+    def optional(message, field):
+        return getattr(message, field) if message.HasField(field) else None
+
+    renal = t.renal
+    notes = list(t.notes)
+    if t.sinus_source == "ureter":
+        notes.insert(0, "sinus distance is an upper bound (to where the ureter leaves the kidney)")
+    return {
+        "side": t.side or None, "polar_location": t.polar_location or None,
+        "centre_mm": [float(v) for v in t.centroid_mm] or None, "max_diameter_mm": float(t.max_diameter_mm),
+        "volume_ml": float(t.volume_ml), "exophytic_fraction": optional(t, "exophytic_fraction"),
+        "distance_to_sinus_mm": optional(t, "distance_to_sinus_mm"),
+        "distance_to_artery_mm": optional(t, "distance_to_artery_mm"),
+        "distance_to_vein_mm": optional(t, "distance_to_vein_mm"),
+        "renal": {"R": renal.radius, "E": optional(renal, "exophytic"), "N": optional(renal, "nearness"),
+                  "A": renal.anterior or None, "L": optional(renal, "location"),
+                  "score": optional(renal, "total")},
+        "note": "; ".join(notes),
+    }
 
 
 def step_report(ctx: JobContext) -> StepOutcome:
@@ -339,7 +364,7 @@ def build_report(ctx: JobContext, state: str) -> dict:
         "structures": results.get("measure", {}).get("structures", []),
         "removed_specks": results.get("cleanup", {}).get("removed_specks", []),
         "repairs": {"vessels": repair("connect_vessels"), "ureters": repair("connect_ureters")},
-        "fat": fat, "tumors": [], "outputs": outputs,
+        "fat": fat, "tumors": results.get("measure", {}).get("tumors", []), "outputs": outputs,
     }
 
 
