@@ -36,7 +36,7 @@ from medseg.volumes import Volume  # noqa: E402
 MIB = 1 << 20
 
 
-def build_requests(mib: int) -> tuple[list[pp.MeasureRequest], int]:
+def build_requests(mib: int, encoding: str = "raw") -> tuple[list[pp.MeasureRequest], int]:
     """One Measure request stream: a 512 x 512 x z uint8 mask of about `mib` MiB, a small
     kidney box in it (Measure then computes little), cut into ~1 MiB chunks once."""
     z = max(1, mib * MIB // (512 * 512))
@@ -44,7 +44,7 @@ def build_requests(mib: int) -> tuple[list[pp.MeasureRequest], int]:
     array[z // 2: z // 2 + 8, 200:240, 200:260] = Label.KIDNEY
     volume = Volume(array, (0.8, 0.8, 1.0), (0.0, 0.0, 0.0))
     requests = [pp.MeasureRequest(params=pp.MeasureParams())]
-    requests += [pp.MeasureRequest(chunk=chunk) for chunk in codec.volume_chunks(volume, "mask")]
+    requests += [pp.MeasureRequest(chunk=chunk) for chunk in codec.volume_chunks(volume, "mask", encoding=encoding)]
     return requests, array.nbytes
 
 
@@ -79,12 +79,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=128, help="volume size per call (MiB)")
     parser.add_argument("--reps", type=int, default=5, help="calls per path")
+    parser.add_argument("--encoding", default="auto", choices=codec.ENCODINGS,
+                        help="how the mask travels (default auto: what the SDK sends, gzip+packed)")
+    parser.add_argument("--phantom", action="store_true",
+                        help="also report wire bytes of a 512 x 512 x 300 phantom mask per encoding")
     args = parser.parse_args()
 
-    requests, nbytes = build_requests(args.mib)
+    if args.phantom:
+        from medseg.phantom import make_phantom
+        mask = make_phantom((512, 512, 300), seed=0).labels
+        for encoding in ("raw", "gzip", "gzip+packed"):
+            start = time.perf_counter()
+            chunks = list(codec.volume_chunks(mask, "mask", encoding=encoding))
+            encoded = time.perf_counter() - start
+            wire = sum(c.ByteSize() for c in chunks)
+            assembler = codec.VolumeAssembler()
+            start = time.perf_counter()
+            for chunk in chunks:
+                assembler.add(chunk)
+            decoded = time.perf_counter() - start
+            print(f"phantom 512x512x300 mask as {encoding:<12} wire {wire / MIB:7.2f} MiB = "
+                  f"1/{mask.array.nbytes / wire:6.1f} of raw; encode {encoded:.2f} s, receive {decoded:.2f} s")
+        del mask, chunks, assembler
+
+    requests, nbytes = build_requests(args.mib, args.encoding)
+    wire = sum(r.ByteSize() for r in requests)
     size_mib = nbytes / MIB
-    print(f"payload: {size_mib:.0f} MiB uint8 mask per call in {len(requests) - 2} chunks of "
-          f"{codec.CHUNK_SIZE // 1024} KiB, {args.reps} call(s) per path, interleaved")
+    print(f"payload: {size_mib:.0f} MiB uint8 mask per call as {args.encoding} in {len(requests) - 2} "
+          f"chunks, {wire / MIB:.2f} MiB on the wire; {args.reps} call(s) per path, interleaved")
     with temporary_stack(("postprocess",), say=lambda line: None) as stack:
         paths = {"direct": stack.direct("postprocess"), "gateway": stack.gateway}
         print(f"stack: gateway {stack.gateway} -> postprocess {paths['direct']}")
