@@ -4,7 +4,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+PROTO_FILES := $(shell find protos/medseg -name '*.proto' | sort)
+# Vendored health + google.rpc protos: in the descriptor set, no Python stubs (the grpcio-health-checking
+# and googleapis-common-protos packages ship those). Named relative to protos/third_party.
+THIRD_PARTY_PROTOS := $(patsubst protos/third_party/%,%,$(shell find protos/third_party -name '*.proto' | sort))
 GEN_DIR := python
 DESCRIPTOR := gateway_envoy/medseg.pb
 
@@ -29,8 +32,8 @@ protos:
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 	    --python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) \
 	    $(PROTO_FILES)
-	$(BIN)/python -m grpc_tools.protoc -I protos --include_imports --include_source_info \
-	    --descriptor_set_out=$(DESCRIPTOR) $(PROTO_FILES)
+	$(BIN)/python -m grpc_tools.protoc -I protos -I protos/third_party --include_imports --include_source_info \
+	    --descriptor_set_out=$(DESCRIPTOR) $(PROTO_FILES) $(THIRD_PARTY_PROTOS)
 	find $(GEN_DIR)/medseg/*/ -type d -exec touch {}/__init__.py \;
 
 # CI: regenerate and fail when the committed stubs differ.

@@ -5,12 +5,12 @@ Run: python -m postprocess_svc.server (configuration from MEDSEG_* environment v
 from __future__ import annotations
 
 from medseg import addresses
-from medseg.labels import Label
+from medseg.labels import COLORS, NAMES, Label
 from medseg.postprocess.v1 import postprocess_pb2 as pb
 from medseg.postprocess.v1 import postprocess_pb2_grpc
 from medseg.serving.calls import StreamingCall
 from medseg.serving.config import ServerConfig
-from medseg.serving.errors import FieldError, Unsupported, streaming_rpc
+from medseg.serving.errors import FieldError, Unsupported, streaming_rpc, unary_rpc
 from medseg.serving.server import Server, serve_forever, setup_logging
 from medseg.serving.work import WorkQueue
 from medseg.volume.v1 import volume_pb2 as vpb
@@ -146,6 +146,13 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
     def ConnectUreters(self, request_iterator, context):
         yield from self._connect(request_iterator, context, pb.ConnectUretersResponse,
                                  pb.ConnectUretersResult, Label.URETER, "ureters")
+
+    @unary_rpc
+    def ListLabels(self, request, context):
+        enum = vpb.Label.DESCRIPTOR.values_by_number
+        return pb.ListLabelsResponse(labels=[
+            pb.LabelInfo(value=value, name=name, color=COLORS[value], enum_name=enum[value].name)
+            for value, name in sorted(NAMES.items())])
 
 
 def create_server(config: ServerConfig) -> Server:

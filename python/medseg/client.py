@@ -207,6 +207,10 @@ class Client:
         return self._call(self.postprocess.ConnectUreters, pp.ConnectUretersRequest, params,
                           inputs, progress)
 
+    def list_labels(self) -> list[pp.LabelInfo]:
+        """The label convention (value, name, colour, enum name), from the server."""
+        return list(self.postprocess.ListLabels(pp.ListLabelsRequest(), timeout=self.timeout or 10).labels)
+
     # --- smoothing -------------------------------------------------------------------
 
     def mesh(self, mask: Input, *, labels=(), smoothing=None, decimation=0.0, min_island_mm3=None,

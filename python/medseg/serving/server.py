@@ -10,7 +10,8 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 # addresses imports every contract, so reflection on any server describes all the services:
 # the gateway routes reflection to one cluster, and that one must answer for everything.
@@ -19,6 +20,56 @@ from medseg.codec import MAX_MESSAGE_BYTES
 from medseg.serving.config import ServerConfig
 
 log = logging.getLogger("medseg.serving")
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _register_reflection_v1_descriptor() -> None:
+    """grpc.reflection.v1 is v1alpha renamed (same messages, same field numbers), and
+    grpcio-reflection only ships v1alpha: add a renamed copy of its file to the default
+    pool, so reflection describes v1 too."""
+    name = "grpc/reflection/v1/reflection.proto"
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(name)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name, proto.package = name, "grpc.reflection.v1"
+    proto.ClearField("options")
+
+    def rename(type_name: str) -> str:
+        return type_name.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.")
+
+    def fix(messages) -> None:
+        for message in messages:
+            for field in message.field:
+                if field.HasField("type_name"):
+                    field.type_name = rename(field.type_name)
+            fix(message.nested_type)
+
+    fix(proto.message_type)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type, method.output_type = rename(method.input_type), rename(method.output_type)
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def enable_reflection(server: grpc.Server, service_names: list[str]) -> None:
+    """Server reflection as grpc.reflection.v1alpha and grpc.reflection.v1 (one servicer:
+    the two are wire-identical)."""
+    _register_reflection_v1_descriptor()
+    names = list(service_names) + [reflection.SERVICE_NAME, REFLECTION_V1]
+    servicer = reflection.ReflectionServicer(names)
+    reflection.enable_server_reflection(names, server)
+    handler = grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)})
+    server.add_generic_rpc_handlers((handler,))
 
 
 class Server:
@@ -42,9 +93,8 @@ class Server:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            list(addresses.SERVICE_NAMES.values()) + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                            reflection.SERVICE_NAME], self.grpc)
+        enable_reflection(self.grpc, list(addresses.SERVICE_NAMES.values())
+                          + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         self.set_serving(False)
         self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:

@@ -352,3 +352,25 @@ class MeasureResponse(_message.Message):
     progress: _volume_pb2.Progress
     result: MeasureResult
     def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., result: _Optional[_Union[MeasureResult, _Mapping]] = ...) -> None: ...
+
+class ListLabelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LabelInfo(_message.Message):
+    __slots__ = ("value", "name", "color", "enum_name")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COLOR_FIELD_NUMBER: _ClassVar[int]
+    ENUM_NAME_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    name: str
+    color: str
+    enum_name: str
+    def __init__(self, value: _Optional[int] = ..., name: _Optional[str] = ..., color: _Optional[str] = ..., enum_name: _Optional[str] = ...) -> None: ...
+
+class ListLabelsResponse(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[LabelInfo]
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelInfo, _Mapping]]] = ...) -> None: ...

@@ -60,6 +60,11 @@ class PostprocessServiceStub:
                 request_serializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.MeasureRequest.SerializeToString,
                 response_deserializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.MeasureResponse.FromString,
                 _registered_method=True)
+        self.ListLabels = channel.unary_unary(
+                '/medseg.postprocess.v1.PostprocessService/ListLabels',
+                request_serializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.ListLabelsRequest.SerializeToString,
+                response_deserializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.ListLabelsResponse.FromString,
+                _registered_method=True)
 
 
 class PostprocessServiceServicer:
@@ -107,6 +112,15 @@ class PostprocessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLabels(self, request, context):
+        """The label convention as plain data (value, name, colour, enum value name): the same
+        table as the medseg.volume.v1.Label enum's value options, for clients whose loaders
+        drop enum value options (e.g. @grpc/proto-loader). Unary, no data root, never queued.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PostprocessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +148,11 @@ def add_PostprocessServiceServicer_to_server(servicer, server):
                     servicer.Measure,
                     request_deserializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.MeasureRequest.FromString,
                     response_serializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.MeasureResponse.SerializeToString,
+            ),
+            'ListLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLabels,
+                    request_deserializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.ListLabelsRequest.FromString,
+                    response_serializer=medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.ListLabelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +291,33 @@ class PostprocessService:
             '/medseg.postprocess.v1.PostprocessService/Measure',
             medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.MeasureRequest.SerializeToString,
             medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.MeasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medseg.postprocess.v1.PostprocessService/ListLabels',
+            medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.ListLabelsRequest.SerializeToString,
+            medseg_dot_postprocess_dot_v1_dot_postprocess__pb2.ListLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
