@@ -67,6 +67,19 @@ def test_remove_specks_keeps_the_largest_and_tumor():
     assert none == [] and (same.array == a).all()
 
 
+def test_remove_specks_by_size_relative_to_the_largest_piece():
+    a = np.zeros((30, 30, 30), np.uint8)
+    a[:20, :10, :10] = Label.ARTERY        # main piece, 2000 voxels
+    a[25:28, 25:29, 25:30] = Label.ARTERY  # 60 mm3: over 50 but 3% of the main piece
+    a[:20, 20:30, :10] = Label.URETER      # two ureters of one size both stay
+    a[:20, 20:30, 20:29] = Label.URETER
+    cleaned, removed = masks.remove_specks(vol(a), 50.0)
+    assert [(r["label"], r["voxels"]) for r in removed] == [("artery", 60)]
+    assert np.count_nonzero(cleaned.array == Label.URETER) == 3800
+    kept, none = masks.remove_specks(vol(a), 50.0, max_fraction=0.0)
+    assert none == [] and (kept.array == a).all()
+
+
 def test_resolve_tasks_skips_tasks_without_their_phases():
     run, skipped = pipeline.resolve_tasks([], {"portal", "delayed"})
     assert run == ["total", "tumor", "ureter"]
