@@ -200,33 +200,43 @@ class CaseClient:
 
     def fetch(self, job_id: str, folder: str | Path, name: str = "", include_work: bool = False) -> list[Path]:
         """Download a job's output files (or one) into folder, each checked against its
-        sha256. Intermediates (work/...) only with include_work."""
+        sha256. Intermediates (work/...) only with include_work. Each file is written to a
+        temporary name and renamed once its digest matches: a broken download leaves none."""
         folder = Path(folder)
         written: list[Path] = []
-        current, expected, handle, hasher = None, "", None, None
+        current, expected, target, partial, handle, hasher = None, "", None, None, None, None
 
         def close():
             if handle is None:
                 return
             handle.close()
             if hasher.hexdigest() != expected:
+                partial.unlink(missing_ok=True)
                 raise IntegrityError(f"{current}: sha256 does not match the server's")
-            written.append(folder / current)
+            partial.replace(target)
+            written.append(target)
 
-        for message in self.stub.FetchCaseOutput(pb.FetchCaseOutputRequest(job_id=job_id, name=name)):
-            chunk = message.chunk
-            if chunk.name != current:
-                close()
-                current, expected, handle = chunk.name, message.sha256, None
-                if not include_work and chunk.name.startswith("work/") and not name:
-                    continue
-                target = folder / chunk.name
-                if not target.resolve().is_relative_to(folder.resolve()):
-                    raise IntegrityError(f"refusing output name '{chunk.name}'")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                handle, hasher = target.open("wb"), hashlib.sha256()
-            if handle is not None:
-                handle.write(chunk.data)
-                hasher.update(chunk.data)
-        close()
+        try:
+            for message in self.stub.FetchCaseOutput(pb.FetchCaseOutputRequest(job_id=job_id, name=name)):
+                chunk = message.chunk
+                if chunk.name != current:
+                    close()
+                    current, expected, handle = chunk.name, message.sha256, None
+                    if not include_work and chunk.name.startswith("work/") and not name:
+                        continue
+                    target = folder / chunk.name
+                    if not target.resolve().is_relative_to(folder.resolve()):
+                        raise IntegrityError(f"refusing output name '{chunk.name}'")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    partial = target.with_name(f".{target.name}.partial")
+                    handle, hasher = partial.open("wb"), hashlib.sha256()
+                if handle is not None:
+                    handle.write(chunk.data)
+                    hasher.update(chunk.data)
+            close()
+        except BaseException:
+            if handle is not None and not handle.closed:
+                handle.close()
+                partial.unlink(missing_ok=True)
+            raise
         return written

@@ -34,6 +34,9 @@ class ProgressPrinter:
         elapsed = time.monotonic() - self.start
         line = f"[{elapsed:6.1f}s] {progress.stage:<10} {progress.fraction * 100:5.1f}%  {progress.message}"
         if self.tty:
+            filled = int(round(max(0.0, min(1.0, progress.fraction)) * 20))
+            bar = "#" * filled + "." * (20 - filled)
+            line = f"[{elapsed:6.1f}s] {progress.stage:<16} [{bar}] {progress.fraction * 100:5.1f}%  {progress.message}"
             self.stream.write("\r" + line[:120].ljust(120))
             self.stream.flush()
             return
@@ -253,33 +256,41 @@ def _case_client(client: Client):
 
 
 class _CaseProgress:
-    """Feeds WatchCase messages to the ProgressPrinter as one line per step."""
+    """WatchCase messages as progress: on a terminal one bar for the running step, redrawn
+    in place, and a line for each step as it ends; otherwise plain lines, one per step
+    change (and every 10% within a step), as the ProgressPrinter does."""
 
     def __init__(self, printer):
         self.printer = printer
+        self.fraction = 0.0  # the job's, from the last progress event or snapshot
 
     def __call__(self, message) -> None:
         from medseg.case_jobs import state_name, step_state_name
+        from medseg.cases.v1 import cases_pb2 as cpb
         from medseg.volume.v1 import volume_pb2 as vpb
 
         if self.printer is None:
             return
         if message.HasField("snapshot"):
             job = message.snapshot
+            self.fraction = job.progress.fraction
             line = vpb.Progress(stage=job.progress.step or state_name(job.state).lower(),
-                                fraction=job.progress.fraction, message=job.progress.message)
+                                fraction=self.fraction, message=job.progress.message)
         else:
             event = message.event
-            text = event.message if event.kind != 2 else f"{step_state_name(event.step_state).lower()} {event.message}"
-            line = vpb.Progress(stage=event.step or state_name(event.state).lower(),
-                                fraction=event.fraction, message=text)
-            if event.kind != 3:  # step and state events carry no job fraction
-                line.fraction = self.printer_last_fraction()
-        self._last = line.fraction
+            if event.kind == cpb.CASE_EVENT_KIND_PROGRESS:
+                self.fraction = event.fraction
+                text = event.message
+            elif event.kind == cpb.CASE_EVENT_KIND_STEP:
+                text = step_state_name(event.step_state).lower() + (f": {event.message}" if event.message else "")
+            else:
+                text = state_name(event.state).lower()
+            line = vpb.Progress(stage=event.step or "job", fraction=self.fraction, message=text)
+            if event.kind == cpb.CASE_EVENT_KIND_STEP and event.step_state != cpb.STEP_STATE_RUNNING:
+                self.printer(line)
+                self.printer.done()  # a finished step keeps its line on a terminal
+                return
         self.printer(line)
-
-    def printer_last_fraction(self) -> float:
-        return getattr(self, "_last", 0.0)
 
 
 def _print_job(job, as_json: bool = False) -> None:

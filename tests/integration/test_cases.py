@@ -145,6 +145,11 @@ def test_phantom_case_end_to_end(cases, finished_job, phantom, data_root, tmp_pa
     assert report["state"] == "SUCCEEDED" and report["case_id"] == job.job_id
     assert set(report["inputs"]) == {"arterial", "portal", "delayed"}
     assert report["outputs"]["mask.nii.gz"]["sha256"] == digests(data_root, job)["mask.nii.gz"]
+    # The tumor facts and the models' identities reach the report.
+    case, _files = phantom
+    (tumor,) = report["tumors"]
+    assert tumor["side"] == case.anatomy["tumor"]["side"] and tumor["renal"]["R"] in (1, 2, 3)
+    assert all(len(m["digest"]) == 64 and m["version"] for m in report["models"])
     # The same job as a google.longrunning Operation, through the gateway.
     ops = operations_pb2_grpc.OperationsStub(cases.channel)
     op = ops.GetOperation(operations_pb2.GetOperationRequest(name=job.job_id), timeout=10)
@@ -343,3 +348,37 @@ def _owner(url: str, job_id: str) -> str | None:
         return store.job(job_id)["owner"]
     finally:
         store.close()
+
+
+def test_cli_run_detaches_on_ctrl_c_and_watch_reattaches(case_stack, phantom, tmp_path):
+    """`medseg case run` uploads local files; Ctrl-C detaches (the job goes on) and says how
+    to re-attach; `watch` follows it to the end; `fetch` brings the outputs."""
+    import json
+    import signal
+
+    _case, files = phantom
+    cli = [sys.executable, "-m", "medseg.cli", "--gateway", case_stack.gateway, "case"]
+    run = subprocess.Popen(cli + ["run", "--portal", str(files["portal"]), "--delayed", str(files["delayed"]),
+                                  "-o", str(tmp_path / "run")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = None
+    for line in run.stderr:  # "job <id> submitted" comes once the upload and submit are done
+        if line.startswith("job ") and "submitted" in line:
+            job_id = line.split()[1]
+            break
+    assert job_id, "no job id printed"
+    time.sleep(1.0)
+    run.send_signal(signal.SIGINT)
+    _out, err = run.communicate(timeout=30)
+    assert run.returncode == 130
+    assert f"medseg case watch {job_id}" in err
+    watched = subprocess.run(cli + ["watch", job_id], capture_output=True, text=True, timeout=300)
+    assert watched.returncode == 0, watched.stderr
+    status = subprocess.run(cli + ["status", job_id, "--json"], capture_output=True, text=True, timeout=30)
+    assert json.loads(status.stdout)["state"] == "CASE_STATE_SUCCEEDED"
+    fetched = subprocess.run(cli + ["fetch", job_id, "-o", str(tmp_path / "fetched")],
+                             capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stderr
+    report = json.loads((tmp_path / "fetched" / "report.json").read_text())
+    assert [s["task"] for s in report["skipped"]] == ["vessels"]  # no arterial phase given
+    assert (tmp_path / "fetched" / "meshes" / "model.obj").exists()
