@@ -9,6 +9,7 @@ import threading
 from concurrent import futures
 
 import grpc
+from google.longrunning import operations_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -94,7 +95,9 @@ class Server:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         enable_reflection(self.grpc, list(addresses.SERVICE_NAMES.values())
-                          + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+                          + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                             # the case service's jobs, for generic long-running-operation tools
+                             operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name])
         self.set_serving(False)
         self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
