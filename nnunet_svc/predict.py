@@ -22,6 +22,7 @@ import copy
 import io
 import itertools
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,11 +287,379 @@ def _make_nnunet_predictor(model: ModelSpec, device: torch.device, tile_step_siz
     return predictor
 
 
+# ----------------------------------------------------------------------------- bounded-memory nnU-Net inference
+#
+# What nnU-Net 2.x does with one image (`predict_single_npy_array`), for an image of N voxels, C
+# input channels and K output classes, at the image's own (full) resolution:
+#  1. `run_case_npy` copies the input to float32 (4CN bytes; on top of the float32 stack it is given),
+#     transposes it to the plans' axis order;
+#  2. `crop_to_nonzero`: a bool mask of voxels non-zero in any channel, `binary_fill_holes` of it, the
+#     data cropped to its bounding box, and an int8 "seg" map (-1 outside the mask) (~3N);
+#  3. normalisation in place (CT: clip to the 0.5/99.5 percentiles, minus mean, over std, float32);
+#  4. resampling to the model's spacing (`resample_data_or_seg_to_shape`): `data.astype(float)` (8CN),
+#     then per channel skimage `resize(order=3, mode='edge', anti_aliasing=False)`, which is
+#     `scipy.ndimage.zoom(grid_mode=True, mode='nearest')`: `np.pad(12, 'edge')` (8N) and a float64
+#     `spline_filter` of that (8N), then clipped to the channel's range; the seg map is resampled too
+#     (order 1, a float64 full-size copy per value), though inference without a cascade never uses it;
+#  5. the network at the model's spacing (small: the demo models run at 3-4 mm);
+#  6. `convert_predicted_logits_to_segmentation_with_correct_shape`: the float16 logits of all K
+#     classes resampled back to the cropped full-size grid (order 1; anisotropic: per slice in plane,
+#     then `map_coordinates` order 0 along z over a full-size float64 coordinate grid, 24N) into one
+#     float16 array (2KN), through one float64 full-size array per class (8N), then `argmax` (int64,
+#     8N), pasted into the uncropped uint8 map (N).
+# At 512x512x300 with the 17-class `total` part 2 that is ~4 GB in step 6 alone; vessels (two
+# channels) ~4 GB in steps 1-4.
+#
+# The lean path below computes the same numbers with bounded extra memory:
+#  - the phases are never stacked or copied whole: each channel is read slab by slab from the caller's
+#    array (int16 stays int16), cast to float32 and normalised per slab (the normalisations allowed
+#    here are element-wise, so a slab gives the same float32 values);
+#  - the crop box is the bounding box of the non-zero voxels, found slab by slab (filling holes never
+#    changes a bounding box); no seg map is built;
+#  - order-3 resampling of a channel writes the normalised values straight into one edge-padded
+#    float64 buffer and runs scipy's 1-D spline filters in place on it (axis 0, 1, 2, as
+#    `spline_filter` does), then scipy's own `zoom_shift` on it: one 8N buffer per channel instead of
+#    8CN + 16N; order <= 1 reads the float32 channel directly (scipy casts every sample to double);
+#  - logits go back slab by slab along the first (plans-order) axis: `zoom_shift` maps output index k
+#    of every axis to (k + shift + 0.5) * zoom - 0.5 independently, so an output slab asked for with
+#    shift = its first row gets exactly the coordinates, weights and sums of the full-size call; each
+#    class's slab is clipped to that class's range and rounded to float16 (what nnU-Net stores), and a
+#    running maximum keeps the first class that reaches it (numpy argmax's tie rule), so no float16
+#    K-channel array, no int64 argmax and no full-size float64 array exist. Anisotropic cases (nnU-Net's
+#    separate-z resampling) go class by class: the per-slice in-plane resize is nnU-Net's own, and
+#    `map_coordinates` is point-wise, so it is asked for one slab of the coordinate grid at a time.
+# Anything else (region-based or cascade models, other preprocessors, resampling functions or
+# normalisations, NaN logits) takes nnU-Net's own path. `test_lean_*` in tests/test_nnunet_predict.py
+# check the masks against nnU-Net's CLI where nnU-Net resamples; `bench/bench_memory.py` measures.
+
+LEAN_DEFAULT = os.environ.get("MEDSEG_NNUNET_LEAN", "1").strip().lower() not in ("0", "false", "no", "off")
+SLAB_VOXELS = 1 << 22  # voxels per slab of the lean path (4M: 32 MB as float64)
+_LEAN_NORMALIZATIONS = ("CTNormalization", "NoNormalization")  # element-wise: slab = whole image
+_SCIPY_NEAREST = 0  # scipy.ndimage's NI_EXTEND_NEAREST: skimage mode 'edge'
+_SCIPY_PREPAD = 12  # scipy.ndimage.zoom's edge padding before the spline filter for mode 'nearest'
+
+
+class _NotLean(Exception):
+    """This case goes through nnU-Net's own code instead (the reason is the message)."""
+
+
+def _slab_rows(shape, voxels: int = SLAB_VOXELS) -> int:
+    return max(1, voxels // max(1, int(np.prod(shape[1:]))))
+
+
+def _resampling_kwargs(cm, which: str) -> dict:
+    """The arguments nnU-Net's `resampling_fn_<which>` is called with, defaults included."""
+    import inspect
+
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    if cm.configuration.get(f"resampling_fn_{which}") != "resample_data_or_seg_to_shape":
+        raise _NotLean(f"resampling_fn_{which} is {cm.configuration.get(f'resampling_fn_{which}')!r}")
+    kwargs = {k: p.default for k, p in inspect.signature(resample_data_or_seg_to_shape).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+    kwargs.update(cm.configuration.get(f"resampling_fn_{which}_kwargs") or {})
+    if kwargs.get("is_seg"):
+        raise _NotLean(f"resampling_fn_{which} resamples as a segmentation")
+    return kwargs
+
+
+def lean_unsupported(predictor) -> str | None:
+    """Why this nnU-Net predictor's model cannot take the lean path (None: it can)."""
+    pm, cm = predictor.plans_manager, predictor.configuration_manager
+    if predictor.label_manager.has_regions:
+        return "region-based model"
+    if cm.previous_stage_name is not None:
+        return "cascade stage"
+    if cm.preprocessor_name != "DefaultPreprocessor":
+        return f"preprocessor {cm.preprocessor_name}"
+    if len(cm.spacing) != 3:
+        return "2d configuration"
+    bad = [s for s in cm.normalization_schemes if s not in _LEAN_NORMALIZATIONS]
+    if bad:
+        return f"normalization {bad}"
+    try:
+        _resampling_kwargs(cm, "data")
+        _resampling_kwargs(cm, "probabilities")
+    except _NotLean as err:
+        return str(err)
+    if sorted(pm.transpose_forward) != [0, 1, 2]:
+        return f"transpose {pm.transpose_forward}"
+    return None
+
+
+def _scipy_zoom(in_shape, out_shape) -> np.ndarray:
+    """The zoom vector `scipy.ndimage.zoom` hands its C code when skimage's `resize` asks it for
+    `out_shape` (skimage passes output/input factors, scipy rounds them back to a shape)."""
+    factors = np.divide(in_shape, out_shape)
+    zoom_factors = [1 / f for f in factors]
+    shape = tuple(int(round(ii * jj)) for ii, jj in zip(in_shape, zoom_factors))
+    if shape != tuple(int(s) for s in out_shape):
+        raise _NotLean(f"scipy would zoom {tuple(in_shape)} to {shape}, not {tuple(out_shape)}")
+    if all(z == 1 for z in zoom_factors):
+        raise _NotLean("nothing to resample")
+    div, nom = np.array(shape), np.array(in_shape)
+    return np.ascontiguousarray(np.divide(nom, div, out=np.ones_like(nom, dtype=np.float64), where=div != 0))
+
+
+def _zoom_rows(coeffs: np.ndarray, zoom: np.ndarray, order: int, npad: int, lo: int, hi: int,
+               out_shape) -> np.ndarray:
+    """Rows lo:hi (axis 0) of `scipy.ndimage.zoom(x, ..., order, mode='nearest', grid_mode=True)` where
+    `coeffs` is what zoom interpolates (x itself for order <= 1, else its `npad`-padded spline
+    coefficients), bit for bit: see the comment above."""
+    from scipy.ndimage import _nd_image
+
+    out = np.empty((hi - lo, *out_shape[1:]), np.float64)
+    shift = np.zeros(len(out_shape), np.float64)
+    shift[0] = lo
+    _nd_image.zoom_shift(coeffs, zoom, shift, out, int(order), _SCIPY_NEAREST, 0.0, int(npad), True)
+    return out
+
+
+def _edge_pad_in_place(buf: np.ndarray, pad: int) -> None:
+    """Fill the `pad`-wide border of `buf` as np.pad(interior, pad, mode='edge') would."""
+    for axis in range(buf.ndim):
+        for dst, src in ((slice(0, pad), slice(pad, pad + 1)), (slice(buf.shape[axis] - pad, None),
+                                                                 slice(buf.shape[axis] - pad - 1, buf.shape[axis] - pad))):
+            d, s = [slice(None)] * buf.ndim, [slice(None)] * buf.ndim
+            d[axis], s[axis] = dst, src
+            buf[tuple(d)] = buf[tuple(s)]
+
+
+def _nonzero_bbox(views: list[np.ndarray]) -> list[list[int]]:
+    """nnU-Net's crop box (`crop_to_nonzero`): the bounding box of the voxels that are non-zero in any
+    channel as float32; the whole image when there is none (as `get_bbox_from_mask` gives)."""
+    shape = views[0].shape
+    rows = np.zeros(shape[0], bool)
+    plane = np.zeros(shape[1:], bool)
+    step = _slab_rows(shape)
+    for lo in range(0, shape[0], step):
+        hi = min(shape[0], lo + step)
+        m = views[0][lo:hi].astype(np.float32) != 0
+        for v in views[1:]:
+            m |= v[lo:hi].astype(np.float32) != 0
+        rows[lo:hi] = m.any(axis=(1, 2))
+        plane |= m.any(axis=0)
+
+    def span(a: np.ndarray) -> list[int]:
+        nz = np.flatnonzero(a)
+        return [0, len(a)] if nz.size == 0 else [int(nz[0]), int(nz[-1]) + 1]
+
+    return [span(rows), span(plane.any(axis=1)), span(plane.any(axis=0))]
+
+
+def _lean_preprocess(predictor, arrays: list[np.ndarray], properties: dict) -> tuple[np.ndarray, dict]:
+    """nnU-Net's `DefaultPreprocessor.run_case_npy` for channels given separately (see above): the
+    network input at the model's spacing (float32, C x plans-order shape) and the properties dict the
+    conversion back needs."""
+    from nnunetv2.preprocessing.normalization import default_normalization_schemes as schemes
+    from nnunetv2.preprocessing.resampling.default_resampling import (compute_new_shape,
+                                                                      determine_do_sep_z_and_axis,
+                                                                      resample_data_or_seg)
+    from scipy import ndimage
+
+    pm, cm = predictor.plans_manager, predictor.configuration_manager
+    tf = list(pm.transpose_forward)
+    views = [np.asarray(a).transpose(tf) for a in arrays]
+    if len({v.shape for v in views}) != 1:
+        raise _NotLean("channels differ in shape")
+    props = copy.deepcopy(properties)
+    shape = views[0].shape
+    original_spacing = [props["spacing"][i] for i in tf]
+    props["shape_before_cropping"] = shape
+    bbox = _nonzero_bbox(views)
+    props["bbox_used_for_cropping"] = bbox
+    crop = tuple(slice(a, b) for a, b in bbox)
+    cropped = tuple(b - a for a, b in bbox)
+    props["shape_after_cropping_and_before_resampling"] = cropped
+    target_spacing = cm.spacing
+    new_shape = compute_new_shape(cropped, original_spacing, target_spacing)
+    kw = _resampling_kwargs(cm, "data")
+    order, order_z = int(kw["order"]), int(kw["order_z"])
+    do_separate_z, axis = determine_do_sep_z_and_axis(kw["force_separate_z"], original_spacing, target_spacing,
+                                                      kw["separate_z_anisotropy_threshold"])
+    resample = bool(np.any(np.array(cropped) != new_shape))
+    out = np.zeros((len(views), *(new_shape if resample else cropped)), np.float32)
+    step = _slab_rows(cropped)
+    for c, view in enumerate(views):
+        scheme = cm.normalization_schemes[c]
+        normalizer = getattr(schemes, scheme)(use_mask_for_norm=cm.use_mask_for_norm[c],
+                                              intensityproperties=pm.foreground_intensity_properties_per_channel[str(c)])
+        src = view[crop]
+
+        def normalised(lo: int, hi: int) -> np.ndarray:
+            return normalizer.run(src[lo:hi].astype(np.float32), None)
+
+        if not resample:  # nnU-Net hands the normalised float32 crop to the network as it is
+            for lo in range(0, cropped[0], step):
+                out[c, lo:lo + step] = normalised(lo, min(cropped[0], lo + step))
+            continue
+        if do_separate_z:  # nnU-Net's own per-channel code (it resamples channel by channel)
+            channel = np.empty(cropped, np.float32)
+            for lo in range(0, cropped[0], step):
+                channel[lo:lo + step] = normalised(lo, min(cropped[0], lo + step))
+            out[c] = resample_data_or_seg(channel[None], new_shape, False, axis, order, True, order_z=order_z)[0]
+            del channel
+            continue
+        zoom = _scipy_zoom(cropped, new_shape)
+        pad = _SCIPY_PREPAD if order > 1 else 0
+        interior = tuple(slice(pad, pad + s) for s in cropped)
+        buf = np.empty([s + 2 * pad for s in cropped], np.float64 if order > 1 else np.float32)
+        lo_val, hi_val = np.inf, -np.inf
+        for lo in range(0, cropped[0], step):
+            hi = min(cropped[0], lo + step)
+            slab = normalised(lo, hi)
+            if np.isnan(slab).any():
+                raise _NotLean("NaN in the normalised image")
+            lo_val, hi_val = min(lo_val, float(slab.min())), max(hi_val, float(slab.max()))
+            buf[(slice(pad + lo, pad + hi), *interior[1:])] = slab
+        if pad:
+            _edge_pad_in_place(buf, pad)
+        if order > 1:  # scipy's spline_filter: 1-D filters along axis 0, 1, 2, float64, here in place
+            for ax in range(buf.ndim):
+                ndimage.spline_filter1d(buf, order, ax, output=buf, mode="nearest")
+        res = _zoom_rows(buf, zoom, order, pad, 0, int(new_shape[0]), new_shape)
+        del buf
+        np.clip(res, np.float64(lo_val), np.float64(hi_val), out=res)  # skimage's clip to the input range
+        out[c] = res
+    return out, props
+
+
+def _lean_segmentation(predictor, logits: torch.Tensor, props: dict) -> np.ndarray:
+    """`convert_predicted_logits_to_segmentation_with_correct_shape(logits, ...)` (no probabilities),
+    slab by slab (see above). Returns the label map on the input grid (z, y, x)."""
+    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+    from scipy.ndimage import map_coordinates
+    from skimage.transform import resize
+
+    pm, cm, lm = predictor.plans_manager, predictor.configuration_manager, predictor.label_manager
+    tf = list(pm.transpose_forward)
+    low = logits.detach().cpu().numpy()
+    if np.isnan(low).any():
+        raise _NotLean("NaN in the logits")
+    dtype_out = low.dtype  # nnU-Net's resampled logits keep the logits' dtype (float16)
+    shape_after = tuple(int(s) for s in props["shape_after_cropping_and_before_resampling"])
+    spacing_t = [props["spacing"][i] for i in tf]
+    current_spacing = cm.spacing if len(cm.spacing) == len(shape_after) else [spacing_t[0], *cm.spacing]
+    kw = _resampling_kwargs(cm, "probabilities")
+    order, order_z = int(kw["order"]), int(kw["order_z"])
+    do_separate_z, axis = determine_do_sep_z_and_axis(kw["force_separate_z"], current_spacing, spacing_t,
+                                                      kw["separate_z_anisotropy_threshold"])
+    seg_dtype = np.uint8 if len(lm.foreground_labels) < 255 else np.uint16
+    full = np.zeros(props["shape_before_cropping"], seg_dtype)
+    target = full[tuple(slice(a, b) for a, b in props["bbox_used_for_cropping"])]
+    n_classes = low.shape[0]
+    resample = tuple(low.shape[1:]) != shape_after
+
+    def keep_first_max(best: np.ndarray, labels: np.ndarray, value: np.ndarray, c: int) -> None:
+        better = value > best  # strictly greater: the first class reaching the maximum keeps it
+        np.copyto(best, value, where=better)
+        labels[better] = c
+
+    if not resample or not do_separate_z:
+        if resample:
+            low64 = low.astype(np.float64)  # nnU-Net's data.astype(float) (at the model's spacing: small)
+            del low
+            zoom = _scipy_zoom(low64.shape[1:], shape_after)
+            coeffs, pad = [], 0
+            if order > 1:  # spline coefficients of the (small) low-resolution logits, as zoom makes them
+                from scipy.ndimage import spline_filter
+                pad = _SCIPY_PREPAD
+                coeffs = [spline_filter(np.pad(low64[c], pad, mode="edge"), order, output=np.float64, mode="nearest")
+                          for c in range(n_classes)]
+            ranges = [(low64[c].min(), low64[c].max()) for c in range(n_classes)]
+
+            def rows(c: int, lo: int, hi: int) -> np.ndarray:
+                r = _zoom_rows(coeffs[c] if order > 1 else low64[c], zoom, order, pad, lo, hi, shape_after)
+                np.clip(r, ranges[c][0], ranges[c][1], out=r)
+                return r.astype(dtype_out)
+        else:
+            def rows(c: int, lo: int, hi: int) -> np.ndarray:
+                return np.array(low[c, lo:hi])
+
+        step = _slab_rows(shape_after)
+        for lo in range(0, shape_after[0], step):
+            hi = min(shape_after[0], lo + step)
+            best = rows(0, lo, hi)
+            labels = np.zeros(best.shape, seg_dtype)
+            for c in range(1, n_classes):
+                keep_first_max(best, labels, rows(c, lo, hi), c)
+            target[lo:hi] = labels
+        return full.transpose(pm.transpose_backward)
+
+    # separate z (anisotropic): class by class, nnU-Net's per-slice in-plane resize, then map_coordinates
+    # (order_z) along `axis` one slab of nnU-Net's coordinate grid at a time
+    low64 = low.astype(np.float64)
+    del low
+    new_shape = np.array(shape_after)
+    in_shape = np.array(low64.shape[1:])
+    plane_shape = new_shape[[i for i in range(3) if i != axis]]
+    step = _slab_rows(shape_after, SLAB_VOXELS // 4)
+    best = np.empty(shape_after, dtype_out)
+    for c in range(n_classes):
+        tmp = new_shape.copy()
+        tmp[axis] = in_shape[axis]
+        here = np.zeros(tmp)
+        for s in range(in_shape[axis]):
+            index = [slice(None)] * 3
+            index[axis] = s
+            here[tuple(index)] = resize(low64[c][tuple(index)], plane_shape, order, mode="edge", anti_aliasing=False)
+        scale = [float(o) / n for o, n in zip(here.shape, new_shape)]
+        for lo in range(0, shape_after[0], step):
+            hi = min(shape_after[0], lo + step)
+            if in_shape[axis] != new_shape[axis]:
+                grid = np.mgrid[lo:hi, :shape_after[1], :shape_after[2]]
+                coords = np.array([scale[i] * (grid[i] + 0.5) - 0.5 for i in range(3)])
+                del grid
+                value = map_coordinates(here, coords, order=order_z, mode="nearest").astype(dtype_out)
+                del coords
+            else:
+                value = here[lo:hi].astype(dtype_out)
+            if c == 0:
+                best[lo:hi] = value
+            else:
+                keep_first_max(best[lo:hi], target[lo:hi], value, c)
+        del here
+    return full.transpose(pm.transpose_backward)
+
+
+def lean_predict(predictor, arrays: list[np.ndarray], properties: dict) -> np.ndarray:
+    """nnU-Net's `predict_single_npy_array(np.stack(arrays), properties)` label map, with bounded memory
+    (see above); nnU-Net's own code for whatever the lean path does not cover."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    def stock() -> np.ndarray:
+        data = np.stack(arrays).astype(np.float32, copy=False)
+        return np.asarray(predictor.predict_single_npy_array(data, copy.deepcopy(properties), None, None, False))
+
+    # predictor.lean_path says what the last call did (tests and benchmarks read it)
+    why = lean_unsupported(predictor)
+    if why is not None:
+        predictor.lean_path = f"nnU-Net: {why}"
+        return stock()
+    try:
+        data, props = _lean_preprocess(predictor, arrays, properties)
+    except _NotLean as err:
+        predictor.lean_path = f"nnU-Net: {err}"
+        return stock()
+    logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+    resampled = tuple(data.shape[1:]) != tuple(props["shape_after_cropping_and_before_resampling"])
+    del data
+    try:
+        seg = _lean_segmentation(predictor, logits, props)
+        predictor.lean_path = "lean" + (" (resampled)" if resampled else "")
+        return seg
+    except _NotLean as err:
+        predictor.lean_path = f"lean preprocessing, nnU-Net's conversion: {err}"
+        return np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, props))
+
+
 @dataclass
 class _Part:
     spec: ModelSpec
     predictor: object  # nnUNetPredictor
     lut: np.ndarray | None  # model label -> output label (None for the locator)
+    lean: bool = LEAN_DEFAULT  # bounded-memory pre/post-processing (`lean_predict`); False: nnU-Net's own
 
     @property
     def reader_name(self) -> str:
@@ -347,8 +716,10 @@ class _Part:
     def _segment(self, channels: list[Volume]) -> np.ndarray:
         if self.reader_name == "SimpleITKIO":
             # Same array and properties SimpleITKIO.read_images would give for these images.
-            data = np.stack([c.array for c in channels]).astype(np.float32, copy=False)
             props = nnunet_properties(channels[0])
+            if self.lean:
+                return lean_predict(self.predictor, [c.array for c in channels], props)
+            data = np.stack([c.array for c in channels]).astype(np.float32, copy=False)
             return np.asarray(self.predictor.predict_single_npy_array(data, copy.deepcopy(props), None, None, False))
         return self._segment_via_reader(channels)
 
@@ -394,8 +765,12 @@ def _lut(label_map: dict[int, int], model_labels: dict[int, str], dtype) -> np.n
 class TaskPredictor:
     """One task's models, loaded once and kept resident on `device`."""
 
-    def __init__(self, spec: TaskSpec, device: torch.device | None = None, max_voxels: int = DEFAULT_MAX_VOXELS):
+    def __init__(self, spec: TaskSpec, device: torch.device | None = None, max_voxels: int = DEFAULT_MAX_VOXELS,
+                 lean: bool | None = None):
+        """`lean`: nnU-Net's pre- and post-processing with bounded memory and identical masks (default,
+        env MEDSEG_NNUNET_LEAN=0 turns it off) or nnU-Net's own code (False)."""
         self.spec = spec
+        lean = LEAN_DEFAULT if lean is None else bool(lean)
         self.device = device or default_device()
         self.max_voxels = max_voxels
         self.out_dtype = np.uint8 if max(spec.labels) <= 255 else np.uint16
@@ -404,11 +779,11 @@ class TaskPredictor:
         for m in spec.models:
             predictor = _make_nnunet_predictor(m, self.device, spec.tile_step_size, spec.use_mirroring,
                                                spec.tile_batch_size)
-            self.parts.append(_Part(m, predictor, _lut(m.label_map, m.model_labels, self.out_dtype)))
+            self.parts.append(_Part(m, predictor, _lut(m.label_map, m.model_labels, self.out_dtype), lean))
         self.locator: _Part | None = None
         if spec.kidney_crop and spec.locator is not None:
             loc = _make_nnunet_predictor(spec.locator, self.device, spec.tile_step_size, False, spec.tile_batch_size)
-            self.locator = _Part(spec.locator, loc, None)
+            self.locator = _Part(spec.locator, loc, None, lean)
 
     def warm_up(self) -> None:
         """One prediction per network: moves weights to the device, builds caches (gaussian, cudnn)."""
@@ -482,8 +857,13 @@ class TaskPredictor:
                 report("predict", 0.2 + 0.75 * (i + done / total) / n, f"{what}: tile {done}/{total}")
 
             seg = part.segment(work, tile_starts, on_tiles)
-            mapped = part.lut[np.clip(seg, 0, len(part.lut) - 1)]
-            np.copyto(out[crop], mapped, where=mapped > 0)  # later parts win where parts overlap; crops paste back
+            del work
+            target = out[crop]
+            step = _slab_rows(seg.shape)
+            for lo in range(0, seg.shape[0], step):  # slab by slab: no full-size temporaries
+                mapped = part.lut[np.clip(seg[lo:lo + step], 0, len(part.lut) - 1)]
+                np.copyto(target[lo:lo + step], mapped, where=mapped > 0)  # later parts win overlaps; crops paste back
+            del seg
         mask = reference.with_array(out, labels=dict(self.spec.labels))
         if progress is not None:
             progress("done", 1.0, "; ".join(sorted(set(regions))))
@@ -523,14 +903,14 @@ def segment_case(predictors: dict[str, TaskPredictor], phases: dict[str, Volume]
 
 def build_predictors(registry: dict[str, TaskSpec], device: torch.device | None = None, warm_up: bool = True,
                      progress: Progress | None = None,
-                     max_voxels: int = DEFAULT_MAX_VOXELS) -> dict[str, TaskPredictor]:
-    """All tasks' predictors, built (and warmed up) once at start-up."""
+                     max_voxels: int = DEFAULT_MAX_VOXELS, lean: bool | None = None) -> dict[str, TaskPredictor]:
+    """All tasks' predictors, built (and warmed up) once at start-up (`lean`: see TaskPredictor)."""
     device = device or default_device()
     out = {}
     for i, (name, spec) in enumerate(registry.items()):
         if progress:
             progress("load", i / max(1, len(registry)), f"loading {name}")
-        p = TaskPredictor(spec, device, max_voxels)
+        p = TaskPredictor(spec, device, max_voxels, lean)
         if warm_up:
             p.warm_up()
         out[name] = p
