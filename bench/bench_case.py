@@ -140,10 +140,12 @@ def main() -> int:
 
     print("\n| step | case job (s) | separate calls (s) |\n|---|---|---|")
     for step in job.progress.steps:
-        print(f"| {step.name} | {step.seconds:.1f} | {calls.get(step.name, float('nan')):.1f} |")
+        separate = f"{calls[step.name]:.1f}" if step.name in calls else "-"
+        print(f"| {step.name} | {step.seconds:.1f} | {separate} |")
     print(f"| **total (wall)** | **{job_seconds:.1f}** | **{calls_seconds:.1f}** |")
-    print(f"\nratio separate calls / case job: {calls_seconds / job_seconds:.2f}x "
-          "(the job runs connect_vessels || connect_ureters and mesh || measure concurrently)")
+    print(f"\nratio separate calls / case job: {calls_seconds / job_seconds:.2f}x (the same work; the job "
+          "runs connect_vessels || connect_ureters and mesh || measure concurrently and adds the "
+          "cleanup and report steps)")
     print("\n| service | peak RSS, case job (MB) | peak RSS, separate calls (MB) |\n|---|---|---|")
     for name in SERVICES:
         print(f"| {name} | {job_peaks[name]:.0f} | {call_peaks[name]:.0f} |")
