@@ -139,17 +139,30 @@ def _unexpected_values(values) -> ValueError:
 
 
 def label_boxes(array: np.ndarray) -> dict[int, tuple[slice, slice, slice]]:
-    """Bounding box (z, y, x slices) of every non-zero label, in one pass over the mask.
+    """Bounding box (z, y, x slices) of every non-zero label.
 
+    Two vectorised max-projections find the box of all labels; ``ndimage.find_objects``
+    then runs over that box only (a scan's labels fill a fraction of it: 18% at
+    512 x 512 x 300 on the phantom, 0.04 s instead of 0.4 s for the whole volume).
     Raises ValueError naming any value outside the label convention.
     """
     mask = integer_array(array)
-    highest = int(mask.max()) if mask.size else 0
+    if mask.size == 0:
+        return {}
+    per_slice = mask.reshape(mask.shape[0], -1).max(axis=1)
+    highest = int(per_slice.max())
     if highest == 0:
         return {}
     if highest > 65535:  # find_objects would allocate one entry per value up to the maximum
         raise _unexpected_values(np.unique(mask[mask > max(STRUCTURES)]))
-    boxes = {value: box for value, box in enumerate(ndimage.find_objects(mask), start=1) if box is not None}
+    zs = np.flatnonzero(per_slice)
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    plane = mask[z0:z1].max(axis=0)
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    start = (z0, int(ys[0]), int(xs[0]))
+    crop = mask[z0:z1, start[1] : int(ys[-1]) + 1, start[2] : int(xs[-1]) + 1]
+    boxes = {value: tuple(slice(s.start + o, s.stop + o) for s, o in zip(box, start))
+             for value, box in enumerate(ndimage.find_objects(crop), start=1) if box is not None}
     unexpected = sorted(set(boxes) - set(STRUCTURES))
     if unexpected:
         raise _unexpected_values(unexpected)
@@ -161,19 +174,25 @@ def label_boxes(array: np.ndarray) -> dict[int, tuple[slice, slice, slice]]:
 
 def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Enclosed volume by the divergence theorem; positive for outward (right-hand) winding."""
-    if len(faces) == 0:
-        return 0.0
-    v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
-    # Centre first: keeps the sum well conditioned far from the origin.
-    centre = vertices.mean(axis=0)
-    return float(np.einsum("ij,ij->", v0 - centre, np.cross(v1 - centre, v2 - centre)) / 6.0)
+    return volume_and_area(vertices, faces)[0]
 
 
 def surface_area(vertices: np.ndarray, faces: np.ndarray) -> float:
+    return volume_and_area(vertices, faces)[1]
+
+
+def volume_and_area(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
+    """(signed volume, area) from one cross product per face: the tetrahedron (c, v0, v1, v2)
+    has volume (v0 - c) . ((v1 - v0) x (v2 - v0)) / 6 and the face half that cross's length."""
     if len(faces) == 0:
-        return 0.0
-    v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
-    return float(np.linalg.norm(np.cross(v1 - v0, v2 - v0), axis=1).sum() / 2.0)
+        return 0.0, 0.0
+    v0 = vertices[faces[:, 0]]
+    cross = np.cross(vertices[faces[:, 1]] - v0, vertices[faces[:, 2]] - v0)
+    # Centre first: keeps the sum well conditioned far from the origin.
+    centre = vertices.mean(axis=0)
+    volume = float(np.einsum("ij,ij->", v0 - centre, cross) / 6.0)
+    area = float(np.sqrt(np.einsum("ij,ij->i", cross, cross)).sum() / 2.0)
+    return volume, area
 
 
 def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
@@ -181,6 +200,8 @@ def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
 
     That is a closed 2-manifold-edged surface whose faces are consistently wound
     (no boundary edges, no edge shared by three or more faces, no flipped face).
+    One sort: each undirected edge, with a bit for its direction, must occur exactly
+    twice, once each way.
     """
     if len(faces) == 0:
         return False
@@ -188,11 +209,11 @@ def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
     b = faces[:, [1, 2, 0]].reshape(-1).astype(np.int64)
     if np.any(a == b):
         return False
-    directed = np.sort(a * n_vertices + b)
-    if np.any(directed[1:] == directed[:-1]):
-        return False  # an edge used twice in the same direction: flipped face or >2 faces
-    reverse = np.sort(b * n_vertices + a)
-    return bool(np.array_equal(directed, reverse))
+    keys = np.sort((np.minimum(a, b) * n_vertices + np.maximum(a, b)) * 2 + (a > b))
+    first, second = keys[0::2], keys[1::2]
+    # Pairs (2k, 2k + 1): the edge once each way. A third use, or the same way twice, breaks
+    # the pairing somewhere (sorted keys), so no further check is needed.
+    return bool(len(keys) % 2 == 0 and np.all(first % 2 == 0) and np.array_equal(second, first + 1))
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -594,6 +615,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     origin_xyz = (low - PAD).astype(np.float64)[::-1]
 
     notes: dict[int, list[str]] = {}
+    pieces: dict[int, _Pieces] = {}
     meshed = []
     for value in present:
         if cancelled and cancelled():
@@ -601,21 +623,28 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         box = tuple(slice(s.start - int(o) + PAD, s.stop - int(o) + PAD) for s, o in zip(boxes[value], low))
         binary = image[box] == value
         components, count = ndimage.label(binary)
-        sizes = np.bincount(components.reshape(-1), minlength=count + 1)[1:]
-        small = np.flatnonzero(sizes < options.min_island_mm3 / voxel_mm3) + 1
-        if len(small) == count:
+        sizes = np.bincount(components.reshape(-1), minlength=count + 1)
+        sizes[0] = 0
+        small = sizes < options.min_island_mm3 / voxel_mm3
+        small[0] = False
+        dropped = int(small.sum())
+        if dropped == count:
             meshes[value] = _empty_mesh(value, (
                 f"all {count} piece(s) smaller than min_island_mm3={options.min_island_mm3:g} mm3 "
                 f"(largest {sizes.max() * voxel_mm3:.3g} mm3); nothing to mesh"), system)
             image[box][binary] = 0
             continue
         notes[value] = []
-        if len(small):
-            image[box][np.isin(components, small)] = 0
-            notes[value].append(f"dropped {len(small)} island{'s' if len(small) > 1 else ''} "
+        if dropped:
+            island = small[components]
+            image[box][island] = 0
+            components[island] = 0
+            sizes[small] = 0
+            notes[value].append(f"dropped {dropped} island{'s' if dropped > 1 else ''} "
                                 f"< {options.min_island_mm3:g} mm3")
-        if count - len(small) > 1:
-            notes[value].append(f"{count - len(small)} separate pieces")
+        if count - dropped > 1:
+            notes[value].append(f"{count - dropped} separate pieces")
+        pieces[value] = _Pieces(np.array([s.start - PAD for s in box]) + low, components, sizes)
         meshed.append(value)
     if not meshed:
         return
@@ -635,7 +664,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
             weight[value] = factor / strongest
         face_weight = np.minimum(weight[labels[:, 0]], weight[labels[:, 1]])
         point_weight = np.ones(len(raw))
-        for w in sorted(set(face_weight.tolist()), reverse=True):  # weakest written last
+        for w in np.unique(face_weight)[::-1]:  # weakest written last
             point_weight[faces[face_weight == w].reshape(-1)] = w
         smoothed = raw + point_weight[:, None] * (smoothed - raw)
     # A structure cut by the edge of the scan ends in a flat cap on the volume's border: the
@@ -651,28 +680,30 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         raise OperationCancelled("meshing cancelled")
     if progress:
         progress("mesh", 0.6, "closed surface per label")
+    own = {v: _own_faces(faces, labels, v)[0] for v in meshed}  # wound outward
     # Where surface nets split a non-manifold corner into coincident copies of a point, a
     # label may need those copies as one point to close: per label, copies on open edges are
     # merged (ids), and every copy of such a point takes their mean position (for all labels).
-    remaps = {v: _closing_remap(_outward(faces, labels, v), raw, smoothed, flagged) for v in meshed}
-    label_faces = {v: _remapped(_outward(faces, labels, v), remaps[v]) for v in meshed}
+    remaps = {v: _closing_remap(own[v], raw, smoothed, flagged) for v in meshed}
+    label_faces = {v: _remapped_kept(own[v], remaps[v])[0] for v in meshed}
     if strongest > 0:
         # Volume per piece back to its voxel volume; smallest label first, and points a label
         # has settled stay put for the next one, so shared points move once.
         movable = ~border
+        merged_copies = [(np.flatnonzero(r != np.arange(len(r))), r) for r in remaps.values() if r is not None]
         for value in sorted(meshed, key=lambda v: len(label_faces[v])):
-            restored, _ = _keep_volume(smoothed, raw, label_faces[value], movable)
+            piece = pieces[value].of_faces(raw, label_faces[value])
+            restored, _ = _restore_volumes(smoothed, raw, label_faces[value], piece, pieces[value].sizes, movable)
             if restored:
                 notes[value].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
             movable[label_faces[value].reshape(-1)] = False
-            for other, remap in remaps.items():  # merged copies follow the point kept
-                if remap is not None:
-                    merged = np.flatnonzero(remap != np.arange(len(remap)))
-                    smoothed[merged] = smoothed[remap[merged]]
+            for merged, remap in merged_copies:  # merged copies follow the point kept
+                smoothed[merged] = smoothed[remap[merged]]
+    del pieces, image
     if options.decimation > 0:
         before = len(faces)
         faces, labels, skipped = _decimate_patches(smoothed, faces, labels, options.decimation)
-        label_faces = {v: _remapped(_outward(faces, labels, v), remaps[v]) for v in meshed}
+        label_faces = {v: _remapped_kept(_own_faces(faces, labels, v)[0], remaps[v])[0] for v in meshed}
         for value in meshed:
             notes[value].append(f"decimated {before} -> {len(faces)} faces (all labels, interfaces shared)"
                                 + (f"; {skipped} patch(es) kept whole" if skipped else ""))
@@ -682,8 +713,117 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         if remaps[value] is not None:
             label, extra = _split_nonmanifold_edges(label, smoothed, remaps[value])
             points = np.concatenate([smoothed, extra])
-        used = np.unique(label)
-        meshes[value] = _to_mesh(mask, value, points[used], np.searchsorted(used, label), notes[value], options)
+        vertices, label = _compact(points, label)
+        meshes[value] = _to_mesh(mask, value, vertices, label, notes[value], options)
+
+
+@dataclass
+class _Pieces:
+    """One label's connected pieces (face connectivity) inside its box of the image."""
+
+    start: np.ndarray  # (z, y, x) of the box's first voxel in the full volume
+    components: np.ndarray  # piece number per voxel of the box, 0 = not the label
+    sizes: np.ndarray  # voxels per piece number (0 for dropped islands)
+
+    def of_faces(self, raw: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Piece number of each outward face (raw points in full-volume IJK)."""
+        if int(np.count_nonzero(self.sizes)) == 1:  # one piece: no lookup
+            return np.full(len(faces), int(np.argmax(self.sizes)), np.int64)
+        zyx = _inner_voxels(raw, faces) - self.start
+        return self.components[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
+
+
+def _inner_voxels(raw: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F, 3) (z, y, x) index of the voxel each outward face bounds.
+
+    Unsmoothed, a surface-nets triangle is half of the unit square between two voxels: its
+    corners lie in the plane half-way between them, so its normal (right-hand winding,
+    here outward) is exactly a unit axis vector and its centroid sits 1/6 voxel off the
+    square's centre; half a voxel against the normal is the voxel's centre.
+    """
+    corner = [raw[faces[:, i]] for i in range(3)]
+    e1, e2 = corner[1] - corner[0], corner[2] - corner[0]
+    inner = []
+    for k in (2, 1, 0):  # z, y, x
+        i, j = (k + 1) % 3, (k + 2) % 3
+        normal = e1[:, i] * e2[:, j] - e1[:, j] * e2[:, i]  # -1, 0 or 1
+        centre = corner[0][:, k] + (e1[:, k] + e2[:, k]) / 3.0
+        inner.append(np.rint(centre - 0.5 * normal).astype(np.int64))
+    return np.stack(inner, axis=1)
+
+
+def _own_faces(faces: np.ndarray, labels: np.ndarray, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The faces of one label wound so their normals point out of it (surface nets winds
+    each face from BoundaryLabels[:, 0] towards [:, 1]), with each face's row in `faces`
+    and the BoundaryLabels column that is this label."""
+    first = np.flatnonzero(labels[:, 0] == value)
+    second = np.flatnonzero(labels[:, 1] == value)
+    selected = np.concatenate([faces[first], faces[second][:, ::-1]])
+    column = np.repeat(np.array([0, 1], np.int64), [len(first), len(second)])
+    return selected, np.concatenate([first, second]), column
+
+
+def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, piece: np.ndarray,
+                     target: np.ndarray, movable: np.ndarray, tolerance: float = 2e-3,
+                     rounds: int = 2) -> tuple[int, int]:
+    """Bring each piece of one label back to its voxel volume, in place; faces wound outward.
+
+    Constrained Laplacian smoothing shrinks convex pieces (a tube a few voxels across loses
+    most). Closed form, per piece k with smoothed volume V_k, voxel volume T_k and movable
+    area A_k: its movable points move along their outward normals by (T_k - V_k) / A_k, the
+    first-order volume change of a normal offset; a second round runs only if a piece is
+    still off by more than ``tolerance`` (the second-order term is ~offset / radius, so
+    hardly ever). A piece that smoothing took more than half of (a lone voxel, a sliver
+    touching the rest by an edge) keeps its unsmoothed points. ``piece`` numbers each face's
+    piece (index into ``target``, voxels per piece); ``movable`` pins points another label
+    already settled. Returns (pieces restored unsmoothed, pieces offset).
+    """
+    count = len(target)
+    centre = raw[faces[:, 0]].mean(axis=0) if len(faces) else np.zeros(3)
+
+    def geometry():
+        p0 = smoothed[faces[:, 0]]
+        cross = np.cross(smoothed[faces[:, 1]] - p0, smoothed[faces[:, 2]] - p0)
+        per_face = np.einsum("ij,ij->i", p0 - centre, cross) / 6.0
+        return cross, np.bincount(piece, weights=per_face, minlength=count)
+
+    cross, after = geometry()
+    valid = target > 0
+    collapsed = valid & (np.abs(after) < 0.5 * target)
+    if collapsed.any():
+        reset = np.zeros(len(smoothed), bool)
+        reset[faces[collapsed[piece]].reshape(-1)] = True
+        smoothed[reset] = raw[reset]
+        cross, after = geometry()
+    offset = np.zeros(count, bool)
+    for round_ in range(rounds):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            needs = valid & ~collapsed & (np.abs(after / target - 1) > tolerance)
+        if not needs.any():
+            break
+        offset |= needs
+        face_area = np.sqrt(np.einsum("ij,ij->i", cross, cross)) / 2
+        movable_area = np.bincount(piece, weights=face_area * movable[faces].mean(axis=1), minlength=count)
+        step = np.where(needs & (movable_area > 0), (target - after) / np.where(movable_area > 0, movable_area, 1), 0.0)
+        corners = faces.reshape(-1)
+        normals = np.stack([np.bincount(corners, weights=np.repeat(cross[:, axis], 3), minlength=len(smoothed))
+                            for axis in range(3)], axis=1)
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        point_step = np.zeros(len(smoothed))
+        point_step[corners] = np.repeat(step[piece], 3)
+        point_step *= movable
+        smoothed += (point_step / np.where(length[:, 0] > 0, length[:, 0], 1.0))[:, None] * normals
+        if round_ + 1 < rounds:
+            cross, after = geometry()
+    return int(collapsed.sum()), int(offset.sum())
+
+
+def _compact(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Only the points the faces use, renumbered in order (no sort: a mark and a cumsum)."""
+    used = np.zeros(len(points), bool)
+    used[faces.reshape(-1)] = True
+    number = np.cumsum(used) - 1
+    return points[used], number[faces]
 
 
 # How far (voxels) a split point's copy moves into its own fan, so the copies stay distinct.
@@ -786,21 +926,13 @@ def _closing_remap(faces: np.ndarray, raw: np.ndarray, smoothed: np.ndarray,
     return remap
 
 
-def _remapped(faces: np.ndarray, remap: np.ndarray | None) -> np.ndarray:
+def _remapped_kept(faces: np.ndarray, remap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | slice]:
+    """Faces with merged point ids, less those that became degenerate; and which were kept."""
     if remap is None:
-        return faces
+        return faces, slice(None)
     faces = remap[faces]
-    return faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
-
-
-def _outward(faces: np.ndarray, labels: np.ndarray, value: int) -> np.ndarray:
-    """The faces of one label, wound so their normals point out of it (surface nets winds
-    each face from BoundaryLabels[:, 0] towards [:, 1])."""
-    own = (labels[:, 0] == value) | (labels[:, 1] == value)
-    selected = faces[own]
-    flip = labels[own, 1] == value
-    selected[flip] = selected[flip][:, ::-1]
-    return selected
+    kept = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    return faces[kept], kept
 
 
 def _to_mesh(mask: Volume, value: int, vertices: np.ndarray, faces: np.ndarray, notes: list[str],
@@ -817,14 +949,15 @@ def _to_mesh(mask: Volume, value: int, vertices: np.ndarray, faces: np.ndarray, 
     closed = is_closed_and_consistent(faces, len(vertices))
     if not closed:
         notes = notes + ["surface is not closed"]
+    volume, area = volume_and_area(vertices, faces)
     return LabelMesh(
         value=value,
         name=STRUCTURES[value],
         color=COLORS[value],
         vertices=vertices,
         faces=faces,
-        volume_ml=signed_volume(vertices, faces) / 1000.0,
-        area_mm2=surface_area(vertices, faces),
+        volume_ml=volume / 1000.0,
+        area_mm2=area,
         closed=closed,
         note="; ".join(notes),
         coordinate_system=system,
