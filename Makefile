@@ -12,7 +12,7 @@ GEN_DIR := python
 DESCRIPTOR := gateway_envoy/medseg.pb
 
 
-.PHONY: setup protos protos-check test test-fast test-integration demo up down status logs bench models lint clean
+.PHONY: setup protos protos-check test test-fast test-integration demo up down status logs bench soak node models lint clean
 STACK := $(BIN)/python gateway_envoy/stack.py
 export PYTHONPATH := $(CURDIR)
 
@@ -87,6 +87,20 @@ demo: setup
 
 bench:
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Load/soak: 32 clients, mixed cheap calls through Envoy on a temporary stack (postprocess +
+# smoothing) for SOAK_SECONDS (default 600); prints calls, failures by code, p50/p99 per
+# operation and each server's RSS trend; fails on any error but RESOURCE_EXHAUSTED or on
+# growing memory. SOAK_ARGS=--running uses the stack `make up` started instead.
+SOAK_SECONDS ?= 600
+SOAK_CLIENTS ?= 32
+soak:
+	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS) --clients $(SOAK_CLIENTS) $(SOAK_ARGS)
+
+# The Node.js client (clients/node): pinned npm toolchain from package-lock.json, TypeScript
+# stubs generated from protos/ with buf + protoc-gen-es. The integration test does the same.
+node:
+	cd clients/node && npm ci --no-audit --no-fund && npm run -s generate && npm run -s typecheck
 
 # Retrain the demo nnU-Net models on phantom data (slow on CPU; results are committed).
 models:

@@ -2,7 +2,9 @@
 
 Start-up: the server listens at once (NOT_SERVING), builds and warms up every task's
 predictors from the registry, then turns SERVING. Calls made before that answer
-UNAVAILABLE. Run: python -m nnunet_svc.server.
+UNAVAILABLE. When the registry or a model cannot be loaded the server stays up, NOT_SERVING,
+and ListModels' `load_error` says why (the gateway routes ListModels to it regardless of
+its health). Run: python -m nnunet_svc.server.
 """
 from __future__ import annotations
 
@@ -30,32 +32,47 @@ TASK_NAMES = {pb.TASK_TOTAL: "total", pb.TASK_VESSELS: "vessels", pb.TASK_URETER
 class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
     def __init__(self, config: ServerConfig, registry: dict | None = None):
         self.config = config
-        self.registry = registry if registry is not None else load_registry(config.model_registry)
+        self.load_error: str | None = None
+        if registry is None:
+            try:
+                registry = load_registry(config.model_registry)
+            except ValueError as exc:  # the server stays up, NOT_SERVING; ListModels says why
+                self.load_error = str(exc)
+                log.error("model registry unusable: %s", exc)
+                registry = {}
+        self.registry = registry
         self.predictors: dict = {}
         self.device = "loading"
         # One predictor is not thread-safe and the device is the bottleneck: one worker per
         # device, a bounded queue in front of it.
         self.queue = WorkQueue(1, config.queue_capacity, "nnunet")
-        self.load_error: str | None = None
         self.digests: dict[str, str] = {}
 
     def load(self, on_ready=None) -> None:
         """Build and warm up every predictor (run in a background thread at start-up)."""
         from nnunet_svc.predict import build_predictors, default_device
 
+        if self.load_error:  # the registry itself failed: nothing to load
+            self.device = "none"
+            return
+        step = {"message": ""}  # what was being loaded ("loading tumor"), for load_error
+
+        def progress(stage, fraction, message):
+            step["message"] = message
+            log.info("%s", message)
+
         try:
             device = default_device()
             self.device = str(device)
             log.info("loading %d task(s) on %s", len(self.registry), device)
             limit = {} if self.config.nnunet_max_voxels is None else {"max_voxels": self.config.nnunet_max_voxels}
-            self.predictors = build_predictors(
-                self.registry, device,
-                progress=lambda stage, fraction, message: log.info("%s", message), **limit)
+            self.predictors = build_predictors(self.registry, device, progress=progress, **limit)
             log.info("models ready: %s", ", ".join(self.predictors))
             if on_ready:
                 on_ready()
         except Exception as exc:  # noqa: BLE001 - reported through ListModels and the log
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            where = f" ({step['message']})" if step["message"] else ""
+            self.load_error = f"{type(exc).__name__}{where}: {exc}"
             log.exception("model loading failed")
 
     # --- helpers ------------------------------------------------------------------------
@@ -67,10 +84,10 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
         return self.digests[task]
 
     def _predictor(self, task: str):
-        if task not in self.registry:
-            raise FieldError("params.tasks", f"unknown task '{task}'; registry has {sorted(self.registry)}")
         if self.load_error:
             raise NotReady(f"models failed to load: {self.load_error}")
+        if task not in self.registry:
+            raise FieldError("params.tasks", f"unknown task '{task}'; registry has {sorted(self.registry)}")
         predictor = self.predictors.get(task)
         if predictor is None or not predictor.ready:
             raise NotReady(f"task '{task}' is still loading; retry shortly")
@@ -167,7 +184,8 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
                 ready=bool(predictor and predictor.ready), kidney_crop=spec.kidney_crop))
         return pb.ListModelsResponse(models=models, device=self.device,
                                      queue_depth=self.queue.depth,
-                                     queue_capacity=self.queue.capacity)
+                                     queue_capacity=self.queue.capacity,
+                                     load_error=self.load_error or "")
 
 
 def create_server(config: ServerConfig, registry: dict | None = None) -> tuple[Server, NnUNetServicer]:

@@ -204,13 +204,15 @@ class ModelInfo(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, str]] = ..., phases: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[_volume_pb2.LabelEntry, _Mapping]]] = ..., model_folders: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., kidney_crop: _Optional[bool] = ..., model_versions: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "device", "queue_depth", "queue_capacity")
+    __slots__ = ("models", "device", "queue_depth", "queue_capacity", "load_error")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    LOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     device: str
     queue_depth: int
     queue_capacity: int
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ...) -> None: ...
+    load_error: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., load_error: _Optional[str] = ...) -> None: ...
