@@ -63,9 +63,10 @@ CALL_TIMEOUT = 30.0
 # of a few MiB that are not leaks: glibc gives each of its ~18 RPC/worker threads its own
 # malloc arena when that thread first allocates, NumPy/SimpleITK buffers are returned to
 # the arenas rather than the OS, and gRPC grows its per-connection buffers under bursts.
-# Measured on this stack: ~1-6 MiB of such steps after warm-up. A real leak of even 1 KiB
-# per call is ~10-20 MiB over a one-minute run (15-25k calls), past the margin, and the
-# soak's longer run makes any slope plainer still.
+# Measured on this stack (2 cores): 0.1-1.5 MiB between the thirds after a 10 s warm-up,
+# which itself adds ~10 MiB. A one-minute run makes ~8k calls, ~4k per server, and the two
+# thirds' medians are ~2/3 of the run apart: the margin flags a leak of about 3 KiB per call
+# or more there; the 10-minute soak (~80k calls) flags about 0.3 KiB per call.
 RSS_MARGIN_MIB = 8.0
 RSS_MARGIN_FRACTION = 0.05
 
