@@ -111,12 +111,14 @@ def cmd_models(client: Client, args) -> int:
         print(json_format.MessageToJson(reply))
         return 0
     print(f"device: {reply.device}  queue: {reply.queue_depth}/{reply.queue_capacity}")
+    if reply.load_error:
+        print(f"models failed to load: {reply.load_error}")
     for model in reply.models:
         labels = ", ".join(f"{e.value}={e.name}" for e in model.labels if e.value)
         task = nn.Task.Name(model.task).removeprefix("TASK_").lower()
         print(f"  {task:<8} ready={model.ready} phases={list(model.phases)} "
               f"crop={model.kidney_crop} labels: {labels[:100]}")
-    return 0
+    return 1 if reply.load_error else 0
 
 
 def cmd_phantom(client, args) -> int:
