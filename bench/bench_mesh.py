@@ -5,14 +5,17 @@ runs in its own fresh subprocess that loads the mask, meshes every label and wri
 reporting wall time and peak RSS (resource.getrusage). Both run in this one invocation so
 the ratio compares like with like.
 
-- ours:     per-label bounding-box crop, flying edges, windowed sinc (Slicer settings),
-            kidney+tumor smoothed jointly (smoothing_svc.meshing.mesh_labels + write_meshes).
+- ours:     smoothing_svc.meshing.mesh_labels + write_meshes with their defaults: surface
+            nets over the labels' common box, every label in one pass (shared interfaces),
+            per-structure smoothing blend, closed-form per-piece volume correction, OBJ.
+            --method flying_edges: per-label crop, flying edges, windowed sinc instead.
 - baseline: per label on the full volume, skimage.measure.marching_cubes (level 0.5, with
             the voxel spacing), trimesh.smoothing.filter_taubin (its defaults), affine to
             LPS mm, one trimesh Scene exported to OBJ.
 
     .venv/bin/python bench/bench_mesh.py                # 512 x 512 x 300
     .venv/bin/python bench/bench_mesh.py --size 256 256 150 --threads 2
+    .venv/bin/python bench/bench_mesh.py --method flying_edges --skip-baseline
 """
 from __future__ import annotations
 
@@ -55,13 +58,14 @@ def _closed_and_volume(vertices, faces) -> tuple[bool, float]:
 
 
 def run_ours(folder: Path, out: Path) -> dict:
-    from smoothing_svc.meshing import mesh_labels, write_meshes
+    from smoothing_svc.meshing import MeshOptions, mesh_labels, write_meshes
 
     mask = _load(folder)
+    method = os.environ.get("BENCH_MESH_METHOD", "surface_nets")
     rss_loaded = _peak_rss_mb()
     cpu = _cpu_s()
     start = time.perf_counter()
-    meshes = mesh_labels(mask)
+    meshes = mesh_labels(mask, MeshOptions(method=method))
     meshed = time.perf_counter()
     write_meshes(meshes, out / "ours.obj")
     done = time.perf_counter()
@@ -112,8 +116,8 @@ def worker(kind: str, folder: Path) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def spawn(kind: str, folder: Path, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MEDSEG_MESH_THREADS=str(threads),
+def spawn(kind: str, folder: Path, threads: int, method: str = "surface_nets") -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MEDSEG_MESH_THREADS=str(threads), BENCH_MESH_METHOD=method,
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     # Pin the worker to `threads` cores so the comparison is the one the target names.
     cores = sorted(os.sched_getaffinity(0))[:threads]
@@ -133,6 +137,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="fresh runs per pipeline; the fastest is shown")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--method", choices=["surface_nets", "flying_edges"], default="surface_nets",
+                        help="our meshing method (default surface_nets, the service's default)")
     parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,14 +166,15 @@ def main() -> None:
         del mask
 
         # Best of --repeat fresh runs each (the machine may be shared); RSS from that run.
-        results = {"ours": min((spawn("ours", folder, args.threads) for _ in range(args.repeat)),
+        results = {"ours": min((spawn("ours", folder, args.threads, args.method) for _ in range(args.repeat)),
                                key=lambda r: r["total_s"])}
         if not args.skip_baseline:
             results["baseline"] = min((spawn("baseline", folder, args.threads) for _ in range(args.repeat)),
                                       key=lambda r: r["total_s"])
         print(f"machine load average while measuring: {os.getloadavg()[0]:.1f}")
 
-        names = ["ours (crop + flying edges + windowed sinc)", "baseline (skimage MC + trimesh taubin)"]
+        names = ["ours (surface nets, all labels in one pass)" if args.method == "surface_nets"
+                 else "ours (crop + flying edges + windowed sinc)", "baseline (skimage MC + trimesh taubin)"]
         for (kind, result), name in zip(results.items(), names):
             print(f"{name}: mesh {result['mesh_s']:.2f} s, mesh+OBJ {result['total_s']:.2f} s "
                   f"(CPU {result['cpu_s']:.2f} s), "

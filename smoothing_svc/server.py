@@ -19,6 +19,8 @@ _FORMATS = {pb.MESH_FORMAT_UNSPECIFIED: "obj", pb.MESH_FORMAT_OBJ: "obj", pb.MES
             pb.MESH_FORMAT_PLY: "ply", pb.MESH_FORMAT_GLB: "glb"}
 _SYSTEMS = {pb.COORDINATE_SYSTEM_UNSPECIFIED: "LPS", pb.COORDINATE_SYSTEM_LPS: "LPS",
             pb.COORDINATE_SYSTEM_RAS: "RAS"}
+_METHODS = {pb.MESH_METHOD_UNSPECIFIED: "surface_nets", pb.MESH_METHOD_SURFACE_NETS: "surface_nets",
+            pb.MESH_METHOD_FLYING_EDGES: "flying_edges"}
 
 
 def mesh_options(call: StreamingCall, params: pb.MeshMaskParams, threads: int | None) -> tuple[MeshOptions, str]:
@@ -28,12 +30,15 @@ def mesh_options(call: StreamingCall, params: pb.MeshMaskParams, threads: int | 
         raise FieldError("params.format", f"unknown mesh format {params.format}")
     if params.coordinate_system not in _SYSTEMS:
         raise FieldError("params.coordinate_system", f"unknown value {params.coordinate_system}")
+    if params.method not in _METHODS:
+        raise FieldError("params.method", f"unknown mesh method {params.method}")
     stem = params.file_stem
     if stem and (len(stem) > 200 or stem in (".", "..") or any(c in stem for c in "/\\\x00")):
         raise FieldError("params.file_stem", f"{stem[:80]!r} is not a plain file name (no '/', "
                                              f"at most 200 characters)")
     options = MeshOptions(labels=list(params.labels) or None, decimation=params.decimation,
                           coordinate_system=_SYSTEMS[params.coordinate_system], threads=threads,
+                          method=_METHODS[params.method],
                           **call.given(params, "smoothing", "min_island_mm3"))
     return options, _FORMATS[params.format]
 

@@ -72,3 +72,34 @@ def test_empty_mask_and_bad_inputs(client):
     out = client.mesh(Volume(one))
     assert len(out.result.meshes) == 1 and out.result.meshes[0].note
     assert client.mesh(_two_spheres()).result.meshes  # still serving
+
+
+def _mesh_by_ref(client, params: sm.MeshMaskParams) -> sm.MeshMaskResult:
+    """MeshMask with raw params (the SDK's mesh() has no `method` argument yet)."""
+    responses = client.smoothing.MeshMask(iter([sm.MeshMaskRequest(params=params)]), timeout=120)
+    return next(r.result for r in responses if r.HasField("result"))
+
+
+def test_method_surface_nets_default_and_flying_edges(client, root):
+    write_volume(_two_spheres(), root / "method.nii.gz")
+    results = {}
+    for method in (sm.MESH_METHOD_UNSPECIFIED, sm.MESH_METHOD_SURFACE_NETS, sm.MESH_METHOD_FLYING_EDGES):
+        name = sm.MeshMethod.Name(method).lower()
+        results[method] = _mesh_by_ref(client, sm.MeshMaskParams(mask_path="method.nii.gz", method=method,
+                                                                  output_path=f"method/{name}.obj"))
+        assert results[method].paths == [f"method/{name}.obj", f"method/{name}.mtl"]
+        assert all(m.closed for m in results[method].meshes)
+    default, nets, edges = (results[m] for m in sorted(results))
+    # Unset is surface nets: the same surfaces; flying edges gives other ones.
+    assert [(m.faces, m.volume_ml) for m in default.meshes] == [(m.faces, m.volume_ml) for m in nets.meshes]
+    unset, surface_nets = ((root / f"method/{name}.obj").read_text().replace(f"mtllib {name}.mtl", "")
+                           for name in ("mesh_method_unspecified", "mesh_method_surface_nets"))
+    assert unset == surface_nets
+    assert [m.volume_ml for m in edges.meshes] != [m.volume_ml for m in nets.meshes]
+    sphere = 4 / 3 * np.pi * 12 ** 3 / 1000
+    for result in (nets, edges):
+        kidney = next(m for m in result.meshes if m.name == "kidney")
+        assert kidney.volume_ml == pytest.approx(sphere, rel=0.05)
+    with pytest.raises(grpc.RpcError) as info:
+        _mesh_by_ref(client, sm.MeshMaskParams(mask_path="method.nii.gz", method=7))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "params.method" in info.value.details()

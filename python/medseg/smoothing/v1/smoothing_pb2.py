@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from medseg.volume.v1 import volume_pb2 as medseg_dot_volume_dot_v1_dot_volume__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#medseg/smoothing/v1/smoothing.proto\x12\x13medseg.smoothing.v1\x1a\x1dmedseg/volume/v1/volume.proto\"\xc8\x02\n\x0eMeshMaskParams\x12\x11\n\tmask_path\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\r\x12\x16\n\tsmoothing\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\ndecimation\x18\x04 \x01(\x01\x12\x1b\n\x0emin_island_mm3\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12@\n\x11\x63oordinate_system\x18\x06 \x01(\x0e\x32%.medseg.smoothing.v1.CoordinateSystem\x12/\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1f.medseg.smoothing.v1.MeshFormat\x12\x13\n\x0boutput_path\x18\x08 \x01(\t\x12\x0e\n\x06inline\x18\t \x01(\x08\x12\x11\n\tfile_stem\x18\n \x01(\tB\x0c\n\n_smoothingB\x11\n\x0f_min_island_mm3\"\x83\x01\n\x0fMeshMaskRequest\x12\x35\n\x06params\x18\x01 \x01(\x0b\x32#.medseg.smoothing.v1.MeshMaskParamsH\x00\x12.\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1d.medseg.volume.v1.VolumeChunkH\x00\x42\t\n\x07payload\"\x8e\x01\n\x0bMeshSummary\x12\r\n\x05label\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08vertices\x18\x03 \x01(\x04\x12\r\n\x05\x66\x61\x63\x65s\x18\x04 \x01(\x04\x12\x11\n\tvolume_ml\x18\x05 \x01(\x01\x12\x10\n\x08\x61rea_mm2\x18\x06 \x01(\x01\x12\x0e\n\x06\x63losed\x18\x07 \x01(\x08\x12\x0c\n\x04note\x18\x08 \x01(\t\"\x8b\x01\n\x0eMeshMaskResult\x12\x30\n\x06meshes\x18\x01 \x03(\x0b\x32 .medseg.smoothing.v1.MeshSummary\x12\r\n\x05paths\x18\x02 \x03(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12*\n\x04info\x18\x04 \x01(\x0b\x32\x1c.medseg.volume.v1.ResultInfo\"\xb1\x01\n\x10MeshMaskResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.medseg.volume.v1.ProgressH\x00\x12+\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x1b.medseg.volume.v1.FileChunkH\x00\x12\x35\n\x06result\x18\x03 \x01(\x0b\x32#.medseg.smoothing.v1.MeshMaskResultH\x00\x42\t\n\x07payload*k\n\x10\x43oordinateSystem\x12!\n\x1d\x43OORDINATE_SYSTEM_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OORDINATE_SYSTEM_LPS\x10\x01\x12\x19\n\x15\x43OORDINATE_SYSTEM_RAS\x10\x02*}\n\nMeshFormat\x12\x1b\n\x17MESH_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMESH_FORMAT_OBJ\x10\x01\x12\x13\n\x0fMESH_FORMAT_STL\x10\x02\x12\x13\n\x0fMESH_FORMAT_PLY\x10\x03\x12\x13\n\x0fMESH_FORMAT_GLB\x10\x04\x32o\n\x10SmoothingService\x12[\n\x08MeshMask\x12$.medseg.smoothing.v1.MeshMaskRequest\x1a%.medseg.smoothing.v1.MeshMaskResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#medseg/smoothing/v1/smoothing.proto\x12\x13medseg.smoothing.v1\x1a\x1dmedseg/volume/v1/volume.proto\"\xf9\x02\n\x0eMeshMaskParams\x12\x11\n\tmask_path\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\r\x12\x16\n\tsmoothing\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\ndecimation\x18\x04 \x01(\x01\x12\x1b\n\x0emin_island_mm3\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12@\n\x11\x63oordinate_system\x18\x06 \x01(\x0e\x32%.medseg.smoothing.v1.CoordinateSystem\x12/\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1f.medseg.smoothing.v1.MeshFormat\x12\x13\n\x0boutput_path\x18\x08 \x01(\t\x12\x0e\n\x06inline\x18\t \x01(\x08\x12\x11\n\tfile_stem\x18\n \x01(\t\x12/\n\x06method\x18\x0b \x01(\x0e\x32\x1f.medseg.smoothing.v1.MeshMethodB\x0c\n\n_smoothingB\x11\n\x0f_min_island_mm3\"\x83\x01\n\x0fMeshMaskRequest\x12\x35\n\x06params\x18\x01 \x01(\x0b\x32#.medseg.smoothing.v1.MeshMaskParamsH\x00\x12.\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1d.medseg.volume.v1.VolumeChunkH\x00\x42\t\n\x07payload\"\x8e\x01\n\x0bMeshSummary\x12\r\n\x05label\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08vertices\x18\x03 \x01(\x04\x12\r\n\x05\x66\x61\x63\x65s\x18\x04 \x01(\x04\x12\x11\n\tvolume_ml\x18\x05 \x01(\x01\x12\x10\n\x08\x61rea_mm2\x18\x06 \x01(\x01\x12\x0e\n\x06\x63losed\x18\x07 \x01(\x08\x12\x0c\n\x04note\x18\x08 \x01(\t\"\x8b\x01\n\x0eMeshMaskResult\x12\x30\n\x06meshes\x18\x01 \x03(\x0b\x32 .medseg.smoothing.v1.MeshSummary\x12\r\n\x05paths\x18\x02 \x03(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12*\n\x04info\x18\x04 \x01(\x0b\x32\x1c.medseg.volume.v1.ResultInfo\"\xb1\x01\n\x10MeshMaskResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.medseg.volume.v1.ProgressH\x00\x12+\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x1b.medseg.volume.v1.FileChunkH\x00\x12\x35\n\x06result\x18\x03 \x01(\x0b\x32#.medseg.smoothing.v1.MeshMaskResultH\x00\x42\t\n\x07payload*k\n\x10\x43oordinateSystem\x12!\n\x1d\x43OORDINATE_SYSTEM_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OORDINATE_SYSTEM_LPS\x10\x01\x12\x19\n\x15\x43OORDINATE_SYSTEM_RAS\x10\x02*}\n\nMeshFormat\x12\x1b\n\x17MESH_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMESH_FORMAT_OBJ\x10\x01\x12\x13\n\x0fMESH_FORMAT_STL\x10\x02\x12\x13\n\x0fMESH_FORMAT_PLY\x10\x03\x12\x13\n\x0fMESH_FORMAT_GLB\x10\x04*e\n\nMeshMethod\x12\x1b\n\x17MESH_METHOD_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESH_METHOD_SURFACE_NETS\x10\x01\x12\x1c\n\x18MESH_METHOD_FLYING_EDGES\x10\x02\x32o\n\x10SmoothingService\x12[\n\x08MeshMask\x12$.medseg.smoothing.v1.MeshMaskRequest\x1a%.medseg.smoothing.v1.MeshMaskResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medseg.smoothing.v1.smoothing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COORDINATESYSTEM']._serialized_start=1023
-  _globals['_COORDINATESYSTEM']._serialized_end=1130
-  _globals['_MESHFORMAT']._serialized_start=1132
-  _globals['_MESHFORMAT']._serialized_end=1257
+  _globals['_COORDINATESYSTEM']._serialized_start=1072
+  _globals['_COORDINATESYSTEM']._serialized_end=1179
+  _globals['_MESHFORMAT']._serialized_start=1181
+  _globals['_MESHFORMAT']._serialized_end=1306
+  _globals['_MESHMETHOD']._serialized_start=1308
+  _globals['_MESHMETHOD']._serialized_end=1409
   _globals['_MESHMASKPARAMS']._serialized_start=92
-  _globals['_MESHMASKPARAMS']._serialized_end=420
-  _globals['_MESHMASKREQUEST']._serialized_start=423
-  _globals['_MESHMASKREQUEST']._serialized_end=554
-  _globals['_MESHSUMMARY']._serialized_start=557
-  _globals['_MESHSUMMARY']._serialized_end=699
-  _globals['_MESHMASKRESULT']._serialized_start=702
-  _globals['_MESHMASKRESULT']._serialized_end=841
-  _globals['_MESHMASKRESPONSE']._serialized_start=844
-  _globals['_MESHMASKRESPONSE']._serialized_end=1021
-  _globals['_SMOOTHINGSERVICE']._serialized_start=1259
-  _globals['_SMOOTHINGSERVICE']._serialized_end=1370
+  _globals['_MESHMASKPARAMS']._serialized_end=469
+  _globals['_MESHMASKREQUEST']._serialized_start=472
+  _globals['_MESHMASKREQUEST']._serialized_end=603
+  _globals['_MESHSUMMARY']._serialized_start=606
+  _globals['_MESHSUMMARY']._serialized_end=748
+  _globals['_MESHMASKRESULT']._serialized_start=751
+  _globals['_MESHMASKRESULT']._serialized_end=890
+  _globals['_MESHMASKRESPONSE']._serialized_start=893
+  _globals['_MESHMASKRESPONSE']._serialized_end=1070
+  _globals['_SMOOTHINGSERVICE']._serialized_start=1411
+  _globals['_SMOOTHINGSERVICE']._serialized_end=1522
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,12 @@ class MeshFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESH_FORMAT_STL: _ClassVar[MeshFormat]
     MESH_FORMAT_PLY: _ClassVar[MeshFormat]
     MESH_FORMAT_GLB: _ClassVar[MeshFormat]
+
+class MeshMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MESH_METHOD_UNSPECIFIED: _ClassVar[MeshMethod]
+    MESH_METHOD_SURFACE_NETS: _ClassVar[MeshMethod]
+    MESH_METHOD_FLYING_EDGES: _ClassVar[MeshMethod]
 COORDINATE_SYSTEM_UNSPECIFIED: CoordinateSystem
 COORDINATE_SYSTEM_LPS: CoordinateSystem
 COORDINATE_SYSTEM_RAS: CoordinateSystem
@@ -29,9 +35,12 @@ MESH_FORMAT_OBJ: MeshFormat
 MESH_FORMAT_STL: MeshFormat
 MESH_FORMAT_PLY: MeshFormat
 MESH_FORMAT_GLB: MeshFormat
+MESH_METHOD_UNSPECIFIED: MeshMethod
+MESH_METHOD_SURFACE_NETS: MeshMethod
+MESH_METHOD_FLYING_EDGES: MeshMethod
 
 class MeshMaskParams(_message.Message):
-    __slots__ = ("mask_path", "labels", "smoothing", "decimation", "min_island_mm3", "coordinate_system", "format", "output_path", "inline", "file_stem")
+    __slots__ = ("mask_path", "labels", "smoothing", "decimation", "min_island_mm3", "coordinate_system", "format", "output_path", "inline", "file_stem", "method")
     MASK_PATH_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +51,7 @@ class MeshMaskParams(_message.Message):
     OUTPUT_PATH_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
     FILE_STEM_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     mask_path: str
     labels: _containers.RepeatedScalarFieldContainer[int]
     smoothing: float
@@ -52,7 +62,8 @@ class MeshMaskParams(_message.Message):
     output_path: str
     inline: bool
     file_stem: str
-    def __init__(self, mask_path: _Optional[str] = ..., labels: _Optional[_Iterable[int]] = ..., smoothing: _Optional[float] = ..., decimation: _Optional[float] = ..., min_island_mm3: _Optional[float] = ..., coordinate_system: _Optional[_Union[CoordinateSystem, str]] = ..., format: _Optional[_Union[MeshFormat, str]] = ..., output_path: _Optional[str] = ..., inline: _Optional[bool] = ..., file_stem: _Optional[str] = ...) -> None: ...
+    method: MeshMethod
+    def __init__(self, mask_path: _Optional[str] = ..., labels: _Optional[_Iterable[int]] = ..., smoothing: _Optional[float] = ..., decimation: _Optional[float] = ..., min_island_mm3: _Optional[float] = ..., coordinate_system: _Optional[_Union[CoordinateSystem, str]] = ..., format: _Optional[_Union[MeshFormat, str]] = ..., output_path: _Optional[str] = ..., inline: _Optional[bool] = ..., file_stem: _Optional[str] = ..., method: _Optional[_Union[MeshMethod, str]] = ...) -> None: ...
 
 class MeshMaskRequest(_message.Message):
     __slots__ = ("params", "chunk")
