@@ -2,6 +2,7 @@
 and the demo models' accuracy on held-out phantom cases (ground truth known voxel for voxel)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import subprocess
@@ -388,3 +389,93 @@ def test_vessels_with_the_portal_phase_on_another_grid(predictor):
         if value == Label.KIDNEY:
             truth |= conv == Label.TUMOR
         assert dice(mask.array == value, truth) >= target, value
+
+
+# ----------------------------------------------------------------------------- bounded memory (issue 12)
+# The lean path (nnunet_svc.predict.lean_predict) resamples slab by slab and argmaxes class by class;
+# its numbers must be nnU-Net's own, bit for bit.
+
+def _nnunet_parts(predictor, task="tumor"):
+    return predictor(task).parts[0].predictor
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_slab_wise_zoom_is_bitwise_skimage_resize(order):
+    from scipy import ndimage
+    from skimage.transform import resize
+
+    from nnunet_svc.predict import _edge_pad_in_place, _scipy_zoom, _zoom_rows
+
+    rng = np.random.default_rng(order)
+    for _ in range(6):
+        in_shape = tuple(int(v) for v in rng.integers(6, 30, 3))
+        out_shape = tuple(int(v) for v in rng.integers(6, 70, 3))
+        x = rng.normal(size=in_shape).astype(np.float32)
+        ref = resize(x.astype(float), out_shape, order, mode="edge", anti_aliasing=False)  # nnU-Net's call
+        pad = 12 if order > 1 else 0
+        coeffs = np.empty([s + 2 * pad for s in in_shape], np.float64 if order > 1 else np.float32)
+        coeffs[tuple(slice(pad, pad + s) for s in in_shape)] = x
+        if pad:
+            _edge_pad_in_place(coeffs, pad)
+            np.testing.assert_array_equal(coeffs, np.pad(x.astype(float), pad, mode="edge"))
+            for axis in range(3):
+                ndimage.spline_filter1d(coeffs, order, axis, output=coeffs, mode="nearest")
+        zoom = _scipy_zoom(in_shape, out_shape)
+        lo, slabs = 0, []
+        while lo < out_shape[0]:
+            hi = min(out_shape[0], lo + int(rng.integers(1, 7)))
+            slabs.append(_zoom_rows(coeffs, zoom, order, pad, lo, hi, out_shape))
+            lo = hi
+        ours = np.clip(np.concatenate(slabs), x.min(), x.max())
+        assert ours.tobytes() == ref.tobytes()
+
+
+@pytest.mark.parametrize("spacing", [(2.5, 2.5, 2.5), (1.0, 1.0, 3.2), (3.0, 3.0, 3.0)],
+                         ids=["resampled", "separate-z", "model-spacing"])
+def test_lean_preprocessing_and_conversion_are_nnunets_bit_for_bit(predictor, spacing):
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    from nnunet_svc.predict import _lean_preprocess, _lean_segmentation, nnunet_properties
+
+    p = _nnunet_parts(predictor)
+    size = tuple(int(round(f / s)) for f, s in zip((120.0, 96.0, 90.0), spacing))
+    image = make_phantom(size=size, spacing=spacing, seed=1004, origin=(-100.0, -30.0, -60.0)).phases["portal"]
+    arr = image.array.copy()
+    arr[:3] = 0  # a zero border: nnU-Net crops to the non-zero box
+    props = nnunet_properties(image)
+    ours, our_props = _lean_preprocess(p, [arr], props)
+    preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+    theirs, _, their_props = preprocessor.run_case_npy(arr[None].astype(np.float32), None, dict(props),
+                                                       p.plans_manager, p.configuration_manager, p.dataset_json)
+    assert ours.dtype == theirs.dtype and ours.tobytes() == np.ascontiguousarray(theirs).tobytes()
+    for key in ("shape_before_cropping", "bbox_used_for_cropping", "shape_after_cropping_and_before_resampling"):
+        assert list(map(list, np.atleast_2d(our_props[key]))) == list(map(list, np.atleast_2d(their_props[key]))), key
+    # logits with many exact float16 ties and tiny differences: argmax's first-maximum rule matters
+    rng = np.random.default_rng(7)
+    n_classes = p.label_manager.num_segmentation_heads
+    logits = torch.from_numpy((rng.integers(-3, 4, size=(n_classes, *ours.shape[1:])) * 0.5).astype(np.float16))
+    seg = _lean_segmentation(p, logits, our_props)
+    ref = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.clone(), p.plans_manager, p.configuration_manager, p.label_manager, copy.deepcopy(their_props))
+    assert seg.shape == arr.shape
+    np.testing.assert_array_equal(seg, ref)
+
+
+@pytest.mark.parametrize("spacing", [(2.5, 2.5, 2.5), pytest.param((1.0, 1.0, 3.2), marks=pytest.mark.slow)],
+                         ids=["2.5mm", "1x1x3.2mm-separate-z"])
+def test_mask_equals_nnunet_cli_when_nnunet_resamples(spacing, predictor, registry, tmp_path):
+    """The demo models run at 3 mm: nnU-Net resamples this image down and the logits back up; the
+    service's bounded-memory path must give the CLI's mask voxel for voxel."""
+    spec = registry["tumor"]
+    size = tuple(int(round(f / s)) for f, s in zip((240.0, 162.0, 162.0), spacing))
+    case = make_phantom(size=size, spacing=spacing, seed=1002, origin=(-118.5, -40.0, -80.0))
+    image = read_volume(write_volume(case.phases["portal"], tmp_path / "portal.nii.gz"))
+    ours = predictor("tumor").predict({"portal": image}, kidney_crop=False)
+    assert _nnunet_parts(predictor).lean_path == "lean (resampled)"
+    model = spec.models[0]
+    theirs = _nnunet_cli(model.folder, [image], tmp_path)
+    lut = np.zeros(max(model.model_labels) + 1, np.uint8)
+    for m, o in model.label_map.items():
+        lut[m] = o
+    assert theirs.any()
+    np.testing.assert_array_equal(ours.array, lut[theirs])
