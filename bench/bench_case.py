@@ -93,10 +93,26 @@ def separate_calls(client, root: Path, files: dict[str, str], out: str) -> dict[
 
 
 
+def report_single(job, job_seconds, job_peaks, calls, calls_seconds, call_peaks) -> None:
+    print("\n| step | case job (s) | separate calls (s) |\n|---|---|---|")
+    for step in job.progress.steps:
+        separate = f"{calls[step.name]:.1f}" if step.name in calls else "-"
+        print(f"| {step.name} | {step.seconds:.1f} | {separate} |")
+    print(f"| **total (wall)** | **{job_seconds:.1f}** | **{calls_seconds:.1f}** |")
+    print(f"\nratio separate calls / case job: {calls_seconds / job_seconds:.2f}x (the same work; the job "
+          "runs connect_vessels || connect_ureters and mesh || measure concurrently and adds the "
+          "cleanup and report steps)")
+    print("\n| service | peak RSS, case job (MB) | peak RSS, separate calls (MB) |\n|---|---|---|")
+    for name in SERVICES:
+        print(f"| {name} | {job_peaks[name]:.0f} | {call_peaks[name]:.0f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--seed", type=int, default=2000)
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="skip the two-cases part (four more jobs; long at clinical size)")
     args = parser.parse_args()
 
     from gateway_envoy.stack import temporary_stack
@@ -126,6 +142,9 @@ def main() -> int:
             calls_seconds = time.perf_counter() - start
             call_peaks = peaks(stack)
 
+            report_single(job, job_seconds, job_peaks, calls, calls_seconds, call_peaks)
+            if args.no_throughput:
+                return 0
             start = time.perf_counter()
             for k in (0, 1):
                 run_job(cases, cases_files[k], f"sequential{k}")
@@ -138,17 +157,6 @@ def main() -> int:
                 t.join()
             parallel = time.perf_counter() - start
 
-    print("\n| step | case job (s) | separate calls (s) |\n|---|---|---|")
-    for step in job.progress.steps:
-        separate = f"{calls[step.name]:.1f}" if step.name in calls else "-"
-        print(f"| {step.name} | {step.seconds:.1f} | {separate} |")
-    print(f"| **total (wall)** | **{job_seconds:.1f}** | **{calls_seconds:.1f}** |")
-    print(f"\nratio separate calls / case job: {calls_seconds / job_seconds:.2f}x (the same work; the job "
-          "runs connect_vessels || connect_ureters and mesh || measure concurrently and adds the "
-          "cleanup and report steps)")
-    print("\n| service | peak RSS, case job (MB) | peak RSS, separate calls (MB) |\n|---|---|---|")
-    for name in SERVICES:
-        print(f"| {name} | {job_peaks[name]:.0f} | {call_peaks[name]:.0f} |")
     print(f"\ntwo cases: one after another {sequential:.1f} s, both in flight {parallel:.1f} s, "
           f"throughput ratio {sequential / parallel:.2f}x")
     return 0
