@@ -22,7 +22,6 @@ import copy
 import io
 import itertools
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from medseg.labels import is_kidney_name
 from medseg.params import ParameterError
 from medseg.progress import Cancelled, OperationCancelled, Progress
+from medseg.summary import SLAB_VOXELS  # voxels per slab of the lean path (4M: 32 MB as float64)
 from medseg.volumes import Volume
 from nnunet_svc.registry import ModelSpec, TaskSpec
 
@@ -332,8 +332,7 @@ def _make_nnunet_predictor(model: ModelSpec, device: torch.device, tile_step_siz
 # normalisations, NaN logits) takes nnU-Net's own path. `test_lean_*` in tests/test_nnunet_predict.py
 # check the masks against nnU-Net's CLI where nnU-Net resamples; `bench/bench_memory.py` measures.
 
-LEAN_DEFAULT = os.environ.get("MEDSEG_NNUNET_LEAN", "1").strip().lower() not in ("0", "false", "no", "off")
-SLAB_VOXELS = 1 << 22  # voxels per slab of the lean path (4M: 32 MB as float64)
+LEAN_DEFAULT = True  # the server's MEDSEG_NNUNET_LEAN=0 (ServerConfig) chooses nnU-Net's own path
 _LEAN_NORMALIZATIONS = ("CTNormalization", "NoNormalization")  # element-wise: slab = whole image
 _SCIPY_NEAREST = 0  # scipy.ndimage's NI_EXTEND_NEAREST: skimage mode 'edge'
 _SCIPY_PREPAD = 12  # scipy.ndimage.zoom's edge padding before the spline filter for mode 'nearest'
@@ -768,7 +767,7 @@ class TaskPredictor:
     def __init__(self, spec: TaskSpec, device: torch.device | None = None, max_voxels: int = DEFAULT_MAX_VOXELS,
                  lean: bool | None = None):
         """`lean`: nnU-Net's pre- and post-processing with bounded memory and identical masks (default,
-        env MEDSEG_NNUNET_LEAN=0 turns it off) or nnU-Net's own code (False)."""
+        the server's MEDSEG_NNUNET_LEAN=0 turns it off) or nnU-Net's own code (False)."""
         self.spec = spec
         lean = LEAN_DEFAULT if lean is None else bool(lean)
         self.device = device or default_device()

@@ -66,6 +66,7 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
             self.device = str(device)
             log.info("loading %d task(s) on %s", len(self.registry), device)
             limit = {} if self.config.nnunet_max_voxels is None else {"max_voxels": self.config.nnunet_max_voxels}
+            limit["lean"] = self.config.nnunet_lean
             self.predictors = build_predictors(self.registry, device, progress=progress, **limit)
             log.info("models ready: %s", ", ".join(self.predictors))
             if on_ready:

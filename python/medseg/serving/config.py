@@ -9,6 +9,10 @@ from medseg import addresses
 from medseg.codec import DEFAULT_MAX_VOLUME_BYTES
 
 
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
 def _env(name: str, default, cast=str):
     value = os.environ.get(name)
     return default if value in (None, "") else cast(value)
@@ -22,7 +26,7 @@ class ServerConfig:
     MEDSEG_DRAIN_SECONDS (wait after NOT_SERVING so the gateway notices),
     MEDSEG_GRACE_SECONDS (time in-flight calls get on shutdown); service-specific:
     MEDSEG_MODEL_REGISTRY (nnunet's model registry file), MEDSEG_NNUNET_MAX_VOXELS (largest
-    phase nnunet accepts), MEDSEG_MESH_THREADS (VTK threads
+    phase nnunet accepts), MEDSEG_NNUNET_LEAN (0: nnU-Net's own pre/post-processing), MEDSEG_MESH_THREADS (VTK threads
     of the smoothing service). Unset service-specific values are None: the science default
     applies."""
 
@@ -37,6 +41,7 @@ class ServerConfig:
     grace_seconds: float = 10.0
     model_registry: Path | None = None
     nnunet_max_voxels: int | None = None
+    nnunet_lean: bool | None = None
     mesh_threads: int | None = None
 
     @property
@@ -59,6 +64,7 @@ class ServerConfig:
             grace_seconds=_env("MEDSEG_GRACE_SECONDS", 10.0, float),
             model_registry=_env("MEDSEG_MODEL_REGISTRY", None, Path),
             nnunet_max_voxels=_env("MEDSEG_NNUNET_MAX_VOXELS", None, int),
+            nnunet_lean=_env("MEDSEG_NNUNET_LEAN", None, _flag),
             mesh_threads=_env("MEDSEG_MESH_THREADS", None, int),
         )
         values.update(overrides)
