@@ -179,7 +179,11 @@ def test_model_that_fails_to_load_is_visible_through_the_gateway(tmp_path, case,
             with pytest.raises(grpc.RpcError) as refused:
                 client.segment_tumor(_mask().with_array(np.zeros((12, 12, 12), np.int16)), inline=True)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            # Up and steady, not a crash loop.
+            # Up and steady, not a crash loop: supervisord calls it RUNNING once it has
+            # lived startsecs (3 s), which a fast registry error can come before.
+            deadline = time.monotonic() + 15
+            while stack.processes()["nnunet"]["statename"] == "STARTING" and time.monotonic() < deadline:
+                time.sleep(0.25)
             time.sleep(1.0)
             assert stack.processes()["nnunet"]["statename"] == "RUNNING"
             assert stack.pid("nnunet") == pid and client.list_models().load_error == reply.load_error
