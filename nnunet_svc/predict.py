@@ -36,7 +36,7 @@ from medseg.params import ParameterError
 from medseg.progress import Cancelled, OperationCancelled, Progress
 from medseg.summary import SLAB_VOXELS  # voxels per slab of the lean path (4M: 32 MB as float64)
 from medseg.volumes import Volume
-from nnunet_svc.registry import ModelSpec, TaskSpec
+from nnunet_svc.registry import ModelSpec, ModeSettings, TaskSpec
 
 
 # Above this many voxels per phase an image is refused before any work (env overrides).
@@ -739,6 +739,20 @@ class _Part:
             reader.write_seg(np.asarray(seg), str(out), props)
             return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
 
+    @contextlib.contextmanager
+    def mode(self, settings: ModeSettings):
+        """Run with `settings`' tile step and at most its folds, for one call (the device queue
+        runs one call at a time, so the shared predictor is never seen half-switched)."""
+        predictor = self.predictor
+        step, folds = predictor.tile_step_size, predictor.list_of_parameters
+        predictor.tile_step_size = settings.tile_step_size
+        if settings.max_folds:
+            predictor.list_of_parameters = folds[:settings.max_folds]
+        try:
+            yield
+        finally:
+            predictor.tile_step_size, predictor.list_of_parameters = step, folds
+
     def warm_up(self) -> None:
         cm = self.predictor.configuration_manager
         pm = self.predictor.plans_manager
@@ -821,8 +835,17 @@ class TaskPredictor:
         return kidney_region(reference, mask, [1], self.spec.crop_margin_mm)
 
     def predict(self, phases: dict[str, Volume], *, kidney_crop: bool = True, kidney_hint: Volume | None = None,
-                progress: Progress | None = None, cancelled: Cancelled | None = None) -> Volume:
-        """The task's mask on the first phase's grid, labels = spec.labels (see module doc)."""
+                progress: Progress | None = None, cancelled: Cancelled | None = None,
+                mode: str = "accurate") -> Volume:
+        """The task's mask on the first phase's grid, labels = spec.labels (see module doc);
+        `mode`: an inference mode of the registry (registry.MODES)."""
+        settings = self.spec.mode(mode)
+        with contextlib.ExitStack() as modes:
+            for part in self.parts + ([self.locator] if self.locator else []):
+                modes.enter_context(part.mode(settings))
+            return self._predict(phases, kidney_crop, kidney_hint, progress, cancelled)
+
+    def _predict(self, phases, kidney_crop, kidney_hint, progress, cancelled) -> Volume:
         def report(stage: str, fraction: float, message: str) -> None:
             if cancelled is not None and cancelled():
                 raise OperationCancelled(f"task {self.spec.name!r} cancelled during {stage}")
@@ -875,7 +898,7 @@ CASE_ORDER = ("total", "tumor", "ureter", "vessels")
 
 def segment_case(predictors: dict[str, TaskPredictor], phases: dict[str, Volume], tasks: Iterable[str], *,
                  kidney_crop: bool = True, progress: Progress | None = None,
-                 cancelled: Cancelled | None = None) -> dict[str, Volume]:
+                 cancelled: Cancelled | None = None, mode: str = "accurate") -> dict[str, Volume]:
     """Several tasks on one case: each phase Volume (read once by the caller) is shared by every
     task that needs it, and the first kidney mask produced (e.g. `total`'s) is the kidney hint for
     the kidney-crop tasks after it. Unknown task -> ParameterError('tasks')."""
@@ -894,7 +917,7 @@ def segment_case(predictors: dict[str, TaskPredictor], phases: dict[str, Volume]
                 progress(f"{name}:{stage}", (i + fraction) / len(ordered), message)
 
         results[name] = p.predict({ph: phases[ph] for ph in p.spec.phases if ph in phases}, kidney_crop=kidney_crop,
-                                  kidney_hint=hint, progress=sub_progress, cancelled=cancelled)
+                                  kidney_hint=hint, progress=sub_progress, cancelled=cancelled, mode=mode)
         if hint is None and any(is_kidney_name(n) for v, n in results[name].labels.items() if v):
             hint = results[name]
     return {t: results[t] for t in tasks}

@@ -59,6 +59,19 @@ def model_digest(specs: list[ModelSpec]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class ModeSettings:
+    """What one inference mode runs: the sliding-window tile step and how many folds."""
+
+    tile_step_size: float
+    max_folds: int = 0  # 0 = every fold the registry lists
+
+
+# INFERENCE_MODE_FAST when the registry says nothing: TotalSegmentator's fast tile step, one fold.
+FAST_DEFAULT = ModeSettings(tile_step_size=0.8, max_folds=1)
+MODES = ("accurate", "fast")
+
+
 @dataclass
 class TaskSpec:
     """A task served by one or more models whose labels are merged (later models win overlaps)."""
@@ -75,6 +88,15 @@ class TaskSpec:
     tile_step_size: float = 0.5
     use_mirroring: bool = True
     tile_batch_size: int = 1  # sliding-window tiles per forward pass (1 = nnU-Net's own loop)
+    fast: ModeSettings = FAST_DEFAULT
+
+    def mode(self, name: str) -> ModeSettings:
+        """The settings of inference mode `name` (one of MODES)."""
+        if name == "fast":
+            return self.fast
+        if name == "accurate":
+            return ModeSettings(self.tile_step_size, 0)
+        raise ValueError(f"unknown inference mode {name!r}; expected one of {list(MODES)}")
 
 
 def _fail(source: Path, where: str, why: str) -> ValueError:
@@ -219,6 +241,7 @@ def _parse_task(name: str, raw: Any, defaults: dict, source: Path) -> TaskSpec:
                         f"model expects {len(m.channel_names)} input channels {list(m.channel_names)} "
                         f"but the task lists {len(phases)} phases {phases}")
     settings = {**defaults, **(raw.get("settings") or {})}
+    fast = {**(defaults.get("fast") or {}), **((raw.get("settings") or {}).get("fast") or {})}
     kidney_crop = bool(raw.get("kidney_crop", False))
     locator = None
     locator_labels: tuple[int, ...] = ()
@@ -241,7 +264,21 @@ def _parse_task(name: str, raw: Any, defaults: dict, source: Path) -> TaskSpec:
         tile_step_size=float(settings.get("tile_step_size", 0.5)),
         use_mirroring=bool(settings.get("use_mirroring", True)),
         tile_batch_size=_positive_int(settings.get("tile_batch_size", 1), source, f"{where} settings.tile_batch_size"),
+        fast=_mode_settings(fast, FAST_DEFAULT, source, f"{where} settings.fast"),
     )
+
+
+def _mode_settings(raw: dict, default: ModeSettings, source: Path, where: str) -> ModeSettings:
+    unknown = set(raw) - {"tile_step_size", "max_folds"}
+    if unknown:
+        raise _fail(source, where, f"unknown setting(s) {sorted(unknown)}; expected tile_step_size, max_folds")
+    step = raw.get("tile_step_size", default.tile_step_size)
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+        raise _fail(source, where, f"tile_step_size must be a number in (0, 1], got {step!r}")
+    folds = raw.get("max_folds", default.max_folds)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0:
+        raise _fail(source, where, f"max_folds must be an integer >= 0 (0 = every fold), got {folds!r}")
+    return ModeSettings(float(step), folds)
 
 
 def load_registry(path: Path | str | None = None) -> dict[str, TaskSpec]:

@@ -258,6 +258,30 @@ def test_batched_tiles_give_the_mask_of_one_tile_at_a_time_and_report_each_batch
     assert fractions == sorted(fractions)
 
 
+def test_fast_mode_places_fewer_tiles_keeps_the_mask_close_and_restores_the_settings(predictor, registry):
+    spec = registry["tumor"]
+    image = {"portal": small_case(1001).phases["portal"]}
+    tumor = predictor("tumor")
+
+    def tiles(mode: str) -> tuple[int, np.ndarray]:
+        messages = []
+        mask = tumor.predict(image, kidney_crop=False, mode=mode, progress=lambda *m: messages.append(m))
+        last = [m for _, _, m in messages if ": tile " in m][-1]
+        return int(last.rsplit("/", 1)[1]), mask.array
+
+    accurate_tiles, accurate = tiles("accurate")
+    fast_tiles, fast = tiles("fast")
+    assert spec.fast.tile_step_size > spec.tile_step_size
+    assert fast_tiles < accurate_tiles
+    for value in (1, 2):  # kidney, tumor
+        assert dice(fast == value, accurate == value) > 0.9
+    part = tumor.parts[0].predictor
+    assert part.tile_step_size == spec.tile_step_size  # the fast settings were for that call only
+    assert tiles("accurate")[0] == accurate_tiles
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        tumor.predict(image, mode="turbo")
+
+
 def test_a_cancelled_prediction_stops_between_tile_batches(predictor):
     image = {"portal": small_case(1001).phases["portal"]}
     seen = []

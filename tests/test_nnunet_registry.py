@@ -94,6 +94,9 @@ def test_env_variable_selects_the_registry(tmp_path, monkeypatch):
         (lambda d: d["tasks"]["tumor"].update(models=[]), "`models` must be a non-empty list"),
         (lambda d: d.update(tasks={}), "non-empty `tasks`"),
         (lambda d: d["settings"].update(tile_batch_size=0), "tile_batch_size: must be a positive integer"),
+        (lambda d: d["settings"].update(fast={"tile_step_size": 1.5}), "settings.fast: tile_step_size must be"),
+        (lambda d: d["settings"].update(fast={"max_folds": -1}), "max_folds must be an integer >= 0"),
+        (lambda d: d["settings"].update(fast={"tile_step": 0.8}), "unknown setting.*tile_step"),
     ],
 )
 def test_bad_registry_names_the_problem(tmp_path, edit, message):
@@ -117,3 +120,14 @@ def test_dataset_json_without_labels_is_rejected(tmp_path):
 def test_missing_registry_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_registry(tmp_path / "none.yaml")
+
+
+def test_fast_mode_comes_from_the_registry_and_a_task_can_override_it(tmp_path):
+    data = _base()
+    data["tasks"]["tumor"].setdefault("settings", {})["fast"] = {"tile_step_size": 0.7}
+    registry = load_registry(_write(tmp_path, data))
+    default_fast = registry["ureter"].mode("fast")
+    assert (default_fast.tile_step_size, default_fast.max_folds) == (0.8, 1)  # models/registry.yaml
+    tumor = registry["tumor"].mode("fast")
+    assert (tumor.tile_step_size, tumor.max_folds) == (0.7, 1)  # max_folds still the default's
+    assert registry["tumor"].mode("accurate").tile_step_size == registry["tumor"].tile_step_size

@@ -107,6 +107,14 @@ def output_options(output: str | None = None, inline: bool | None = None) -> vpb
                              compression=vpb.VOLUME_COMPRESSION_GZIP)  # inline results compressed
 
 
+def inference_mode(mode: str) -> int:
+    """'accurate' or 'fast' -> the contract's InferenceMode value (the registry says what each runs)."""
+    try:
+        return nn.InferenceMode.Value(f"INFERENCE_MODE_{mode.upper()}")
+    except ValueError:
+        raise ValueError(f"unknown inference mode {mode!r}; expected 'accurate' or 'fast'") from None
+
+
 class Client:
     def __init__(self, target: str | None = None, timeout: float | None = None,
                  max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES):
@@ -229,40 +237,52 @@ class Client:
 
     # --- nnunet ----------------------------------------------------------------------
 
-    def segment_total(self, ct: Input, *, output=None, inline=None, progress=None) -> CallResult:
+    def segment_total(self, ct: Input, *, output=None, inline=None, progress=None,
+                      mode="accurate") -> CallResult:
         inputs = {"ct": ct}
-        params = nn.SegmentTotalParams(**_path_fields(inputs), output=output_options(output, inline))
+        params = nn.SegmentTotalParams(**_path_fields(inputs), output=output_options(output, inline),
+                                       mode=inference_mode(mode))
         return self._call(self.nnunet.SegmentTotal, nn.SegmentTotalRequest, params, inputs, progress)
 
     def segment_vessels(self, arterial: Input, portal: Input, *, kidney_crop=True, output=None,
-                        inline=None, progress=None) -> CallResult:
+                        inline=None, progress=None, mode="accurate") -> CallResult:
         inputs = {"arterial": arterial, "portal": portal}
         params = nn.SegmentVesselsParams(**_path_fields(inputs), disable_kidney_crop=not kidney_crop,
-                                         output=output_options(output, inline))
+                                         output=output_options(output, inline), mode=inference_mode(mode))
         return self._call(self.nnunet.SegmentVessels, nn.SegmentVesselsRequest, params, inputs, progress)
 
     def segment_ureter(self, delayed: Input, *, kidney_crop=True, output=None, inline=None,
-                       progress=None) -> CallResult:
+                       progress=None, mode="accurate") -> CallResult:
         inputs = {"delayed": delayed}
         params = nn.SegmentUreterParams(**_path_fields(inputs), disable_kidney_crop=not kidney_crop,
-                                        output=output_options(output, inline))
+                                        output=output_options(output, inline), mode=inference_mode(mode))
         return self._call(self.nnunet.SegmentUreter, nn.SegmentUreterRequest, params, inputs, progress)
 
     def segment_tumor(self, ct: Input, *, kidney_crop=True, output=None, inline=None,
-                      progress=None) -> CallResult:
+                      progress=None, mode="accurate") -> CallResult:
         inputs = {"ct": ct}
         params = nn.SegmentTumorParams(**_path_fields(inputs), disable_kidney_crop=not kidney_crop,
-                                       output=output_options(output, inline))
+                                       output=output_options(output, inline), mode=inference_mode(mode))
         return self._call(self.nnunet.SegmentTumor, nn.SegmentTumorRequest, params, inputs, progress)
 
     def segment_case(self, tasks: list[str], *, arterial: Input = None, portal: Input = None,
                      delayed: Input = None, kidney_crop=True, output_dir=None, inline=None,
-                     progress=None) -> CallResult:
+                     progress=None, mode="accurate") -> CallResult:
         inputs = {"arterial": arterial, "portal": portal, "delayed": delayed}
         params = nn.SegmentCaseParams(
             tasks=[nn.Task.Value(f"TASK_{t.upper()}") for t in tasks], **_path_fields(inputs),
-            disable_kidney_crop=not kidney_crop, output_dir=output_dir or "", inline=bool(inline))
+            disable_kidney_crop=not kidney_crop, output_dir=output_dir or "", inline=bool(inline),
+            mode=inference_mode(mode))
         return self._call(self.nnunet.SegmentCase, nn.SegmentCaseRequest, params, inputs, progress)
+
+    def segment(self, task: str, phases: dict[str, Input], *, kidney_crop=True, output=None,
+                inline=None, progress=None, mode="accurate") -> CallResult:
+        """Any registry task by name (ListModels lists them); `phases` maps each phase the
+        task takes ("portal", ...) to a local image or a Ref."""
+        paths = {phase: value.path for phase, value in phases.items() if isinstance(value, Ref)}
+        params = nn.SegmentParams(task=task, phase_paths=paths, disable_kidney_crop=not kidney_crop,
+                                  output=output_options(output, inline), mode=inference_mode(mode))
+        return self._call(self.nnunet.Segment, nn.SegmentRequest, params, phases, progress)
 
     def list_models(self) -> nn.ListModelsResponse:
         return self.nnunet.ListModels(nn.ListModelsRequest(), timeout=self.timeout or 10)
