@@ -25,7 +25,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r nnunet_svc/requirements.txt -r smoothing_svc/requirements.txt \
 	    -r postprocess_svc/requirements.txt -r case_svc/requirements.txt -r requirements-dev.txt
-	$(BIN)/pip install -q -e "python[server]"
+	$(BIN)/pip install -q -e "python[server,dicom]"
 	$(MAKE) --no-print-directory protos
 
 protos:

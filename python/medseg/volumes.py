@@ -110,23 +110,20 @@ def raw_bytes(array: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(little)).cast("B")
 
 
-def read_volume(path: str | Path, labels: dict[int, str] | None = None) -> Volume:
-    """Read a NIfTI/NRRD/MHA file, or a DICOM series folder, into a Volume."""
+def read_volume(path: str | Path, labels: dict[int, str] | None = None, *, series_uid: str = "",
+                allow_non_ct: bool = False) -> Volume:
+    """Read a NIfTI/NRRD/MHA file, or DICOM (a folder, DICOMDIR, zip or multi-frame file:
+    one series, checked by medseg.dicom before its geometry is trusted) into a Volume."""
     path = Path(path)
-    if path.is_dir():
-        return Volume.from_image(read_dicom_series(path), labels)
+    from medseg.dicom.sources import looks_like_dicom_source
+
+    if looks_like_dicom_source(path):
+        from medseg.dicom import read_dicom
+
+        volume = read_dicom(path, series_uid=series_uid, allow_non_ct=allow_non_ct).volume
+        volume.labels = labels
+        return volume
     return Volume.from_image(sitk.ReadImage(str(path)), labels)
-
-
-def read_dicom_series(folder: str | Path) -> sitk.Image:
-    """Read the (first, largest) DICOM series in a folder."""
-    reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise FileNotFoundError(f"no DICOM series in {folder}")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
-    reader.SetFileNames(files)
-    return reader.Execute()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -52,12 +52,7 @@ def read_checked(path: Path, max_bytes: int, field: str, given: str | None = Non
                                      available=None if gzipped else path.stat().st_size)
             if gzipped:
                 codec.check_nifti_gzip_file(path, header)
-        else:
-            with path.open("rb") as f:
-                preamble = f.read(132)
-            if preamble[128:132] == b"DICM":
-                raise bad("is a single DICOM file: give the folder holding the whole series")
-        return read_volume(path)
+        return read_volume(path)  # DICOM (folder, DICOMDIR, zip, file): found and checked by medseg.dicom
     except FieldError:
         raise
     except codec.VolumeError as exc:
