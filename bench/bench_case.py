@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from ratios import record  # noqa: E402
 
 SERVICES = ("case", "nnunet", "smoothing", "postprocess")
 
@@ -99,6 +101,8 @@ def report_single(job, job_seconds, job_peaks, calls, calls_seconds, call_peaks)
         separate = f"{calls[step.name]:.1f}" if step.name in calls else "-"
         print(f"| {step.name} | {step.seconds:.1f} | {separate} |")
     print(f"| **total (wall)** | **{job_seconds:.1f}** | **{calls_seconds:.1f}** |")
+    record("case", "the same work as separate calls / one case job, wall", calls_seconds / job_seconds,
+           note="connect_* and mesh||measure concurrent; the job adds cleanup and report")
     print(f"\nratio separate calls / case job: {calls_seconds / job_seconds:.2f}x (the same work; the job "
           "runs connect_vessels || connect_ureters and mesh || measure concurrently and adds the "
           "cleanup and report steps)")
@@ -157,6 +161,7 @@ def main() -> int:
                 t.join()
             parallel = time.perf_counter() - start
 
+    record("case", "two case jobs: sequential / both in flight", sequential / parallel)
     print(f"\ntwo cases: one after another {sequential:.1f} s, both in flight {parallel:.1f} s, "
           f"throughput ratio {sequential / parallel:.2f}x")
     return 0

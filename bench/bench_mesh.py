@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ratios import record  # noqa: E402  (bench/, the script's folder)
 
 
 def _cpu_s() -> float:
@@ -187,6 +188,9 @@ def main() -> None:
             ours, base = results["ours"], results["baseline"]
             extra_ours = max(ours["peak_rss_mb"] - ours["rss_loaded_mb"], 1)
             extra_base = base["peak_rss_mb"] - base["rss_loaded_mb"]
+            record("mesh", f"meshing {len(ours['labels'])} structures at {'x'.join(map(str, args.size))}: "
+                   f"skimage+trimesh / {args.method}, time", base["total_s"] / ours["total_s"],
+                   note=f"mesh + OBJ, {args.threads} cores each, same mask")
             print(f"ratio baseline/ours: time {base['total_s'] / ours['total_s']:.1f}x, "
                   f"CPU {base['cpu_s'] / ours['cpu_s']:.1f}x (mesh only {base['mesh_s'] / ours['mesh_s']:.1f}x), "
                   f"peak RSS {base['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x, "

@@ -12,7 +12,8 @@ models/registry.yaml:
 3. `tumor` on the full image, on the kidney crop found by the locator, and on the crop found from a
    `total` mask at hand, each in a fresh subprocess: predict time and peak RSS.
 
-Usage: .venv/bin/python bench/bench_nnunet.py [--spacing 3.0] [--seed 2000] [--repeats 3]
+Usage: .venv/bin/python bench/bench_nnunet.py [--size 512 512 300 | --size 0 0 0 --spacing 3.0] [--seed 2000]
+       [--repeats 3]
 """
 from __future__ import annotations
 
@@ -33,11 +34,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 FOV_MM = (380.0, 380.0, 300.0)
+sys.path.insert(0, str(REPO / "bench"))
+from ratios import record  # noqa: E402
 
 
-def make_case(seed: int, spacing: float, folder: Path) -> dict[str, Path]:
+def make_case(seed: int, spacing: float, folder: Path, size=None) -> dict[str, Path]:
+    """The whole-body field of view at `spacing`, or on a grid of `size` voxels over it."""
     from medseg.phantom import make_phantom
 
+    if size:
+        return make_phantom(size=tuple(size), seed=seed, fov_mm=FOV_MM).write(folder)
     size = tuple(int(round(f / spacing)) for f in FOV_MM)
     return make_phantom(size=size, spacing=(spacing,) * 3, seed=seed, fov_mm=FOV_MM).write(folder)
 
@@ -129,7 +135,10 @@ def compare_crop(registry, files: dict[str, Path], size) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spacing", type=float, default=3.0, help="phantom spacing in mm (whole-body field of view)")
+    ap.add_argument("--size", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"),
+                    help="whole-body case grid (default a real scan's 512 x 512 x 300, 0.74 x 0.74 x 1.0 mm)")
+    ap.add_argument("--spacing", type=float, default=3.0,
+                    help="isotropic spacing in mm of the kidney-region image (and of the whole-body case with --size 0 0 0)")
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--task", default="tumor", help="task for the CLI comparison")
@@ -166,9 +175,10 @@ def run(args, registry, tmp: Path) -> None:
     from nnunet_svc.predict import TaskPredictor
     from nnunet_svc.server import create_server
 
-    files = make_case(args.seed, args.spacing, tmp / "case")
-    size = read_volume(files["portal"]).size
-    print(f"phantom seed {args.seed}: {size} voxels at {args.spacing} mm; torch threads {torch.get_num_threads()}, "
+    files = make_case(args.seed, args.spacing, tmp / "case", size=[s for s in args.size if s] or None)
+    portal = read_volume(files["portal"])
+    size = portal.size
+    print(f"phantom seed {args.seed}: {size} voxels at {tuple(round(s, 2) for s in portal.spacing)} mm; torch threads {torch.get_num_threads()}, "
           f"cpu count {os.cpu_count()}")
 
     if args.only_crop:
@@ -238,6 +248,10 @@ def run(args, registry, tmp: Path) -> None:
             times.append(time.perf_counter() - t)
         call_s = statistics.median(times)
         served = read_volume(tmp / output)
+        size = "x".join(map(str, ours.size))
+        record("nnunet", f"{args.task} {size}: nnUNetv2_predict CLI / warm service call", cli_s / call_s,
+               note=f"same model and settings, crop off, masks identical: {np.array_equal(served.array, lut[theirs])}")
+        record("nnunet", f"{args.task} {size}: nnUNetv2_predict CLI / warm in-process predict", cli_s / warm_s)
         print(f"[{args.task}] {label} {ours.size}: warm service gRPC call by reference (reads and writes files), "
               f"crop off (median of {args.repeats}): {call_s:.2f} s | vs the CLI: ratio {cli_s / call_s:.1f}x | "
               f"masks identical: {np.array_equal(served.array, lut[theirs])}")
@@ -277,6 +291,8 @@ def run(args, registry, tmp: Path) -> None:
     t = time.perf_counter()
     separate_calls()
     separate_s = time.perf_counter() - t
+    record("nnunet", "four tasks: separate calls / one SegmentCase pass", separate_s / shared_s,
+           note="phases read once, kidney mask shared")
     print(f"[case] four tasks, phases read once + kidney mask shared: {shared_s:.2f} s | four separate calls: "
           f"{separate_s:.2f} s | ratio {separate_s / shared_s:.2f}x")
 

@@ -32,6 +32,7 @@ from medseg.labels import Label  # noqa: E402
 from medseg.postprocess.v1 import postprocess_pb2 as pp  # noqa: E402
 from medseg.postprocess.v1 import postprocess_pb2_grpc  # noqa: E402
 from medseg.volumes import Volume  # noqa: E402
+from ratios import record  # noqa: E402  (bench/, the script's folder)
 
 MIB = 1 << 20
 
@@ -81,8 +82,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5, help="calls per path")
     parser.add_argument("--encoding", default="auto", choices=codec.ENCODINGS,
                         help="how the mask travels (default auto: what the SDK sends, gzip+packed)")
-    parser.add_argument("--phantom", action="store_true",
-                        help="also report wire bytes of a 512 x 512 x 300 phantom mask per encoding")
+    parser.add_argument("--no-phantom", dest="phantom", action="store_false",
+                        help="skip the wire bytes of a 512 x 512 x 300 phantom mask per encoding")
     args = parser.parse_args()
 
     if args.phantom:
@@ -98,6 +99,9 @@ def main() -> int:
             for chunk in chunks:
                 assembler.add(chunk)
             decoded = time.perf_counter() - start
+            if encoding == "gzip+packed":
+                record("transfer", "512x512x300 phantom mask: raw / wire bytes (gzip+packed)",
+                       mask.array.nbytes / wire, note="SDK default for masks")
             print(f"phantom 512x512x300 mask as {encoding:<12} wire {wire / MIB:7.2f} MiB = "
                   f"1/{mask.array.nbytes / wire:6.1f} of raw; encode {encoded:.2f} s, receive {decoded:.2f} s")
         del mask, chunks, assembler
@@ -131,6 +135,8 @@ def main() -> int:
         rates[name] = (size_mib / wall, size_mib / receive)
         print(f"{name:<8} median wall {wall:6.3f} s = {rates[name][0]:7.1f} MiB/s   "
               f"median receive {receive:6.3f} s = {rates[name][1]:7.1f} MiB/s")
+    record("transfer", f"inline Measure {size_mib:.0f} MiB ({args.encoding}): gateway / direct throughput",
+           rates["gateway"][0] / rates["direct"][0], note=f"median wall of {args.reps} interleaved calls each")
     print(f"ratio gateway/direct: wall {rates['gateway'][0] / rates['direct'][0]:.2f}   "
           f"receive {rates['gateway'][1] / rates['direct'][1]:.2f}")
     client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
