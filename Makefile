@@ -85,8 +85,14 @@ demo: setup
 	$(STACK) up
 	$(BIN)/python scripts/demo.py
 
+# Every benchmark (long: clinical sizes; BENCHES="bench/bench_mesh.py ..." picks some), then one
+# table of every ratio they measured in this run, with the machine (bench/ratios.py).
+BENCHES ?= $(wildcard bench/bench_*.py)
+BENCH_RATIOS := run/bench-ratios.jsonl
 bench:
-	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	mkdir -p run && rm -f $(BENCH_RATIOS)
+	for b in $(BENCHES); do echo "== $$b"; MEDSEG_BENCH_RATIOS=$(CURDIR)/$(BENCH_RATIOS) $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/ratios.py $(BENCH_RATIOS)
 
 # Load/soak: 32 clients, mixed cheap calls through Envoy on a temporary stack (postprocess +
 # smoothing) for SOAK_SECONDS (default 600); prints calls, failures by code, p50/p99 per
