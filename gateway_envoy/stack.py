@@ -229,6 +229,16 @@ class Stack:
         with Client(self.gateway) as client:
             return client.status(timeout=timeout)
 
+    def model_load_error(self, timeout: float = 3.0) -> str:
+        """nnunet's ListModels `load_error` through the gateway; '' while loading or unreachable."""
+        import grpc
+
+        try:
+            with Client(self.gateway, timeout=timeout) as client:
+                return client.list_models().load_error
+        except grpc.RpcError:
+            return ""
+
     def tail(self, program: str, lines: int = 40) -> str:
         path = self.log_path(program)
         if not path.exists():
@@ -251,6 +261,11 @@ class Stack:
                                      f"({info.get('spawnerr') or info.get('description')}); "
                                      f"last lines of {self.log_path(program)}:\n{self.tail(program)}")
             health = self.status()
+            if "nnunet" in self.services and health["nnunet"] != "SERVING":
+                reason = self.model_load_error()
+                if reason:  # it will not become SERVING by itself: say why now
+                    raise StackError(f"nnunet's models failed to load ({elapsed:.0f} s): {reason}\n"
+                                     f"last lines of {self.log_path('nnunet')}:\n{self.tail('nnunet')}")
             for name in self.services:
                 if seen.get(name) != health[name]:
                     say(f"  {elapsed:6.1f} s  {name:<12} {health[name]}")

@@ -155,10 +155,12 @@ def test_model_that_fails_to_load_is_visible_through_the_gateway(tmp_path, case,
     stack.data_root.mkdir(parents=True)
     started = time.monotonic()
     try:
-        try:
-            stack.up(timeout=0, say=lambda line: None)  # renders, starts; it will not be SERVING
-        except StackError as exc:
-            assert "not ready" in str(exc), str(exc)  # not "EXITED"/"FATAL": the server is up
+        # `make up`'s path: it fails fast with the reason, long before its timeout.
+        with pytest.raises(StackError) as failed:
+            stack.up(timeout=120, say=lambda line: None)
+        up_failed_s = time.monotonic() - started
+        assert "models failed to load" in str(failed.value) and expected in str(failed.value), str(failed.value)
+        assert up_failed_s < 90, up_failed_s
         reply = None
         with Client(stack.gateway, timeout=5) as client:
             while time.monotonic() - started < 90:
@@ -188,7 +190,8 @@ def test_model_that_fails_to_load_is_visible_through_the_gateway(tmp_path, case,
             assert stack.processes()["nnunet"]["statename"] == "RUNNING"
             assert stack.pid("nnunet") == pid and client.list_models().load_error == reply.load_error
         with capsys.disabled():
-            print(f"\n  {case}: load_error visible through the gateway {visible:.1f} s after start: "
+            print(f"\n  {case}: `up` failed with the reason after {up_failed_s:.1f} s; "
+                  f"load_error visible through the gateway {visible:.1f} s after start: "
                   f"{reply.load_error[:160]}")
     finally:
         if stack.running():

@@ -25,7 +25,8 @@ class ServerConfig:
     computations), MEDSEG_<SERVICE>_QUEUE (queued + running before RESOURCE_EXHAUSTED),
     MEDSEG_DRAIN_SECONDS (wait after NOT_SERVING so the gateway notices),
     MEDSEG_GRACE_SECONDS (time in-flight calls get on shutdown); service-specific:
-    MEDSEG_MODEL_REGISTRY (nnunet's model registry file), MEDSEG_NNUNET_MAX_VOXELS (largest
+    MEDSEG_MODEL_REGISTRY (nnunet's model registry file), MEDSEG_MODEL_WATCH_SECONDS (how often
+    nnunet checks the registry file for changes and reloads; 0: only on SIGHUP), MEDSEG_NNUNET_MAX_VOXELS (largest
     phase nnunet accepts), MEDSEG_NNUNET_LEAN (0: nnU-Net's own pre/post-processing), MEDSEG_MESH_THREADS (VTK threads
     of the smoothing service). Unset service-specific values are None: the science default
     applies."""
@@ -40,6 +41,7 @@ class ServerConfig:
     drain_seconds: float = 0.0
     grace_seconds: float = 10.0
     model_registry: Path | None = None
+    model_watch_seconds: float = 2.0
     nnunet_max_voxels: int | None = None
     nnunet_lean: bool | None = None
     mesh_threads: int | None = None
@@ -63,6 +65,7 @@ class ServerConfig:
             drain_seconds=_env("MEDSEG_DRAIN_SECONDS", 6.0, float),
             grace_seconds=_env("MEDSEG_GRACE_SECONDS", 10.0, float),
             model_registry=_env("MEDSEG_MODEL_REGISTRY", None, Path),
+            model_watch_seconds=_env("MEDSEG_MODEL_WATCH_SECONDS", 2.0, float),
             nnunet_max_voxels=_env("MEDSEG_NNUNET_MAX_VOXELS", None, int),
             nnunet_lean=_env("MEDSEG_NNUNET_LEAN", None, _flag),
             mesh_threads=_env("MEDSEG_MESH_THREADS", None, int),

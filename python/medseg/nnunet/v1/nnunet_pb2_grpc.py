@@ -60,6 +60,11 @@ class NnUNetServiceStub:
                 request_serializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentCaseRequest.SerializeToString,
                 response_deserializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentCaseResponse.FromString,
                 _registered_method=True)
+        self.Segment = channel.stream_stream(
+                '/medseg.nnunet.v1.NnUNetService/Segment',
+                request_serializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentRequest.SerializeToString,
+                response_deserializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/medseg.nnunet.v1.NnUNetService/ListModels',
                 request_serializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.ListModelsRequest.SerializeToString,
@@ -109,6 +114,14 @@ class NnUNetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Segment(self, request_iterator, context):
+        """Any task of the model registry by name (ListModels lists them), so a new model is a
+        registry edit, not a contract change. Inline images are named by phase ("portal", ...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Tasks, their phases and labels, the device and readiness. Idempotent, cheap; never
         UNAVAILABLE (readiness is reported per task instead).
@@ -144,6 +157,11 @@ def add_NnUNetServiceServicer_to_server(servicer, server):
                     servicer.SegmentCase,
                     request_deserializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentCaseRequest.FromString,
                     response_serializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentCaseResponse.SerializeToString,
+            ),
+            'Segment': grpc.stream_stream_rpc_method_handler(
+                    servicer.Segment,
+                    request_deserializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentRequest.FromString,
+                    response_serializer=medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -287,6 +305,33 @@ class NnUNetService:
             '/medseg.nnunet.v1.NnUNetService/SegmentCase',
             medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentCaseRequest.SerializeToString,
             medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Segment(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/medseg.nnunet.v1.NnUNetService/Segment',
+            medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentRequest.SerializeToString,
+            medseg_dot_nnunet_dot_v1_dot_nnunet__pb2.SegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
