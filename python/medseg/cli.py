@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import json_format
 
 from medseg import addresses
-from medseg.client import Client, LocalInputError, Ref
+from medseg.client import Client, DicomReading, LocalInputError, Ref
 from medseg.nnunet.v1 import nnunet_pb2 as nn
 from medseg.smoothing.v1 import smoothing_pb2 as sm
 from medseg.volumes import write_volume
@@ -80,14 +80,25 @@ def _print_info(info) -> None:
     print("  timings: " + ", ".join(f"{t.stage} {t.seconds:.2f}s" for t in info.timings))
 
 
-def _save_volume_output(args, out, suffix: str, source: str, role: str = "mask") -> None:
+def write_mask(client: Client, volume, target: Path, source_role: str | None = None) -> None:
+    """A mask to a local file: NAME.dcm is a DICOM-SEG referencing the DICOM series read for
+    `source_role` (new UIDs when that input was not DICOM), anything else write_volume."""
+    if target.name.lower().endswith(".dcm"):
+        from medseg.dicom.seg import write_seg
+
+        write_seg(volume, target, read=client.dicom.reads.get(source_role) if client else None)
+    else:
+        write_volume(volume, target)
+
+
+def _save_volume_output(args, out, suffix: str, source: str, role: str = "mask", client=None) -> None:
     if args.by_ref:
         output = out.result.output if hasattr(out.result, "output") else None
         if output is not None:
             print(f"written under the data root: {output.path}")
         return
     target = Path(args.output) if args.output else _default_local_output(source, suffix)
-    write_volume(out.volumes[role], target)
+    write_mask(client, out.volumes[role], target)
     print(f"written: {target}")
 
 
@@ -249,7 +260,8 @@ def cmd_segment(client: Client, args) -> int:
                 target = folder / f"{output.role}.nii.gz"
             else:
                 target = Path(args.output) if args.output else _default_local_output(args.images[0], args.task)
-            write_volume(out.volumes[output.role], target)
+            source = {"total": "ct", "tumor": "ct", "ureter": "delayed", "vessels": "arterial"}.get(args.task)
+            write_mask(client, out.volumes[output.role], target, source)
             print(f"  written: {target}")
     _print_info(out.result.info)
     return 0
@@ -461,6 +473,11 @@ def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
                         help="gateway HOST:PORT (default %s; env MEDSEG_GATEWAY)" % addresses.gateway_address())
     parser.add_argument("--timeout", type=float, default=default(None), help="deadline per call, seconds")
     parser.add_argument("--quiet", action="store_true", default=default(False), help="no progress display")
+    parser.add_argument("--series", action="append", default=default([]), metavar="UID",
+                        help="DICOM series to read where a local folder/zip/DICOMDIR holds several "
+                             "(repeat for several inputs)")
+    parser.add_argument("--allow-non-ct", action="store_true", default=default(False),
+                        help="research: read non-CT DICOM and skip the HU plausibility check")
 
 
 def _subparsers(parser: argparse.ArgumentParser):
@@ -572,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "offline", False):
         return args.func(None, args)
     try:
-        with Client(args.gateway, timeout=args.timeout) as client:
+        dicom = DicomReading(series_uids=tuple(args.series), allow_non_ct=args.allow_non_ct,
+                             on_note=lambda note: print(f"note: {note}", file=sys.stderr))
+        with Client(args.gateway, timeout=args.timeout, dicom=dicom) as client:
             return args.func(client, args)
     except LocalInputError as exc:  # nothing was sent: the local file is the problem
         print(f"error: {exc}", file=sys.stderr)

@@ -66,7 +66,19 @@ class LocalInputError(ValueError):
         self.role, self.path, self.reason = role, str(path), reason
 
 
-def _as_volume(role: str, value: Volume | str | Path) -> Volume:
+@dataclass
+class DicomReading:
+    """How local DICOM inputs are read (medseg.dicom): the series to take where a source
+    holds several (one UID per input, or all in one set), the research override of the
+    CT-only rules, and what was read (role -> medseg.dicom.DicomRead, for DICOM-SEG output)."""
+
+    series_uids: tuple[str, ...] = ()
+    allow_non_ct: bool = False
+    on_note: Callable[[str], None] | None = None
+    reads: dict = field(default_factory=dict)
+
+
+def _as_volume(role: str, value: Volume | str | Path, dicom: DicomReading | None = None) -> Volume:
     """A local input as a Volume, read now: a file that cannot be read is reported here,
     before the stream opens (an exception inside gRPC's request iterator would only show
     as `UNKNOWN: Exception iterating requests!`)."""
@@ -75,8 +87,20 @@ def _as_volume(role: str, value: Volume | str | Path) -> Volume:
     path = Path(value)
     if not path.exists():
         raise LocalInputError(role, path, "no such file or folder")
+    dicom = dicom or DicomReading()
     try:
+        from medseg.dicom import DicomError, looks_like_dicom_source, read_dicom
+
+        if looks_like_dicom_source(path):
+            read = read_dicom(path, series_uid=dicom.series_uids, allow_non_ct=dicom.allow_non_ct)
+            dicom.reads[role] = read
+            for note in read.notes:
+                if dicom.on_note:
+                    dicom.on_note(f"{role} '{path}': {note}")
+            return read.volume
         return read_volume(path)
+    except DicomError as exc:  # its own words, listing included
+        raise LocalInputError(role, path, exc.reason) from None
     except (RuntimeError, ValueError, OSError) as exc:
         text = str(exc).strip()
         line = text.splitlines()[-1] if text else exc.__class__.__name__
@@ -85,8 +109,8 @@ def _as_volume(role: str, value: Volume | str | Path) -> Volume:
         raise LocalInputError(role, path, line) from None
 
 
-def _local_volumes(inputs: dict[str, Input]) -> dict[str, Volume]:
-    return {role: _as_volume(role, value) for role, value in inputs.items()
+def _local_volumes(inputs: dict[str, Input], dicom: DicomReading | None = None) -> dict[str, Volume]:
+    return {role: _as_volume(role, value, dicom) for role, value in inputs.items()
             if value is not None and not isinstance(value, Ref)}
 
 
@@ -117,7 +141,9 @@ def inference_mode(mode: str) -> int:
 
 class Client:
     def __init__(self, target: str | None = None, timeout: float | None = None,
-                 max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES):
+                 max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES, dicom: DicomReading | None = None):
+        """dicom: how local DICOM inputs are read (series choice, research override)."""
+        self.dicom = dicom or DicomReading()
         self.target = target or addresses.gateway_address()
         self.timeout = timeout
         self.max_volume_bytes = max_volume_bytes
@@ -139,7 +165,7 @@ class Client:
 
     def _call(self, method, request_cls, params, inputs: dict[str, Input],
               progress: ProgressFn | None) -> CallResult:
-        volumes = _local_volumes(inputs)  # local read failures surface before the call
+        volumes = _local_volumes(inputs, self.dicom)  # local read failures surface before the call
         responses = method(_requests(request_cls, params, volumes), timeout=self.timeout)
         assembler = codec.VolumeAssembler(self.max_volume_bytes)
         files: dict[str, bytearray] = {}

@@ -123,7 +123,28 @@ def read_volume(path: str | Path, labels: dict[int, str] | None = None, *, serie
         volume = read_dicom(path, series_uid=series_uid, allow_non_ct=allow_non_ct).volume
         volume.labels = labels
         return volume
+    _refuse_unsupported(path)
     return Volume.from_image(sitk.ReadImage(str(path)), labels)
+
+
+def _refuse_unsupported(path: Path) -> None:
+    """Formats users send that ITK cannot read, named with what to do (ITK's own message
+    says only 'Unable to determine ImageIO reader')."""
+    name = path.name.lower()
+    if name.endswith((".mgz", ".mgh")):
+        raise ValueError("FreeSurfer MGH/MGZ is not supported: convert it to NIfTI "
+                         "(e.g. mri_convert in.mgz out.nii.gz, or nibabel)")
+    if name.endswith((".nii", ".nii.gz")) and path.is_file():
+        import gzip
+
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as f:
+                head = f.read(4)
+        if len(head) == 4 and 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big")):
+            raise ValueError("is NIfTI-2, which is not supported: save it as NIfTI-1 "
+                             "(e.g. nibabel: nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'out.nii.gz'))")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
