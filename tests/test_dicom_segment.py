@@ -1,0 +1,53 @@
+"""The phantom written as DICOM segments like its NIfTI (issue 13 Must show), through a real
+nnunet server on loopback and the `medseg` command: the same mask (Dice 1 against the NIfTI
+run, equal Dice against the truth), and `-o NAME.dcm` a SEG on the source series that reads
+back equal to the NIfTI run's mask."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.cli import main
+from medseg.dicom import read_dicom
+from medseg.dicom.seg import read_seg
+from medseg.serving.config import ServerConfig
+from medseg.volumes import read_volume
+from tests.dicom_builders import oblique_direction, write_phantom_series
+
+
+@pytest.fixture(scope="module")
+def nnunet(tmp_path_factory):
+    from nnunet_svc.registry import load_registry
+    from nnunet_svc.server import create_server
+
+    server, servicer = create_server(ServerConfig(service="nnunet", data_root=tmp_path_factory.mktemp("root"),
+                                                  port=0, queue_capacity=2), load_registry())
+    server.start()
+    servicer.load(on_ready=lambda: server.set_serving(True))
+    assert servicer.load_error is None, servicer.load_error
+    yield f"127.0.0.1:{server.port}"
+    server.stop(drain_seconds=0, grace=0)
+
+
+def _dice(a, b) -> float:
+    return 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_phantom_as_dicom_segments_like_its_nifti(nnunet, tmp_path, oblique, capsys):
+    case, volume, _ = write_phantom_series(tmp_path / "CD" / "SE1", size=(64, 64, 40), seed=11,
+                                           direction=oblique_direction() if oblique else None)
+    case.write(tmp_path / "nifti")
+    common = ["--quiet", "--gateway", nnunet, "--timeout", "600", "segment", "tumor"]
+    assert main(common + [str(tmp_path / "nifti" / "portal.nii.gz"), "-o", str(tmp_path / "from_nifti.nii.gz")]) == 0
+    assert main(common + [str(tmp_path / "CD"), "-o", str(tmp_path / "from_dicom.dcm")]) == 0
+    capsys.readouterr()
+    from_nifti = read_volume(tmp_path / "from_nifti.nii.gz")
+    from_dicom = read_seg(tmp_path / "from_dicom.dcm", read_dicom(tmp_path / "CD"))  # on the series' grid
+    assert from_dicom.same_grid(from_nifti, tol=1e-4)
+    truth = case.labels.array
+    for value in (1, 2):
+        assert _dice(from_dicom.array == value, from_nifti.array == value) == 1.0
+        assert _dice(from_dicom.array == value, truth == value) == _dice(from_nifti.array == value, truth == value)
+    assert _dice(from_dicom.array == 1, truth == 1) > 0.8
+    assert from_dicom.labels == {0: "background", 1: "kidney", 2: "tumor"}
