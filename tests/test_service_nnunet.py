@@ -75,6 +75,19 @@ def test_list_models_reports_every_task_ready(client, registry):
         f"{m.folder.parent.name}/{m.folder.name}" for m in registry["vessels"].models]
     assert all(len(m.digest) == 64 for m in reply.models)
     assert len({m.digest for m in reply.models}) == 4  # different weights, different digests
+    # What each inference mode runs, from the registry.
+    vessels = tasks["TASK_VESSELS"]
+    assert vessels.accurate.tile_step_size == pytest.approx(registry["vessels"].tile_step_size)
+    assert vessels.fast.tile_step_size == pytest.approx(registry["vessels"].fast.tile_step_size)
+    assert vessels.fast.max_folds == registry["vessels"].fast.max_folds
+
+
+def test_fast_mode_through_the_service(client, case):
+    accurate = client.segment_tumor(case.phases["portal"], inline=True).volumes["tumor"]
+    fast = client.segment_tumor(case.phases["portal"], inline=True, mode="fast").volumes["tumor"]
+    assert fast.array.shape == accurate.array.shape
+    kidney = (accurate.array == 1), (fast.array == 1)
+    assert 2 * np.logical_and(*kidney).sum() / (kidney[0].sum() + kidney[1].sum()) > 0.9
 
 
 @pytest.mark.parametrize("task", ["total", "tumor", "ureter", "vessels"])
@@ -125,6 +138,9 @@ def test_bad_inputs_get_clear_statuses(client, case):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "task" in details
     code, details = code_of(lambda: client.segment_case([]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "at least one task" in details
+    requests = iter([nn.SegmentTumorRequest(params=nn.SegmentTumorParams(ct_path="x.nii.gz", mode=7))])
+    code, details = code_of(lambda: list(client.nnunet.SegmentTumor(requests, timeout=30)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "inference mode 7" in details
     assert client.list_models().models  # still serving
 
 
