@@ -88,7 +88,9 @@ def write_mask(client: Client, volume, target: Path, source_role: str | None = N
 
         write_seg(volume, target, read=client.dicom.reads.get(source_role) if client else None)
     else:
-        write_volume(volume, target)
+        from medseg.labelfiles import write_mask_file
+
+        write_mask_file(volume, target)  # NAME.labels.json beside it, or Slicer metadata in .seg.nrrd
 
 
 def _save_volume_output(args, out, suffix: str, source: str, role: str = "mask", client=None) -> None:
@@ -142,8 +144,37 @@ def cmd_phantom(client, args) -> int:
     return 0
 
 
+def _mask_with_table(client: Client, args):
+    """A local mask with its label table: from the file (sidecar or .seg.nrrd), or stated
+    with --labels; a mask without one is refused, since its numbers could be misread
+    (TotalSegmentator's 1 is spleen, the convention's 1 is kidney)."""
+    from medseg.client import _as_volume
+    from medseg.labels import convention_table
+
+    if args.by_ref:
+        return _input(args, args.mask)
+    volume = _as_volume("mask", args.mask, client.dicom)
+    if args.labels == "convention":
+        volume.labels = convention_table()
+    elif args.labels:
+        import json
+
+        try:
+            table = json.loads(Path(args.labels).read_text())["labels"]
+            volume.labels = {int(v): str(n) for v, n in table.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LocalInputError("labels", args.labels, f"not a label table ({exc.__class__.__name__}); expected "
+                                  '{"labels": {"1": "spleen", ...}}') from None
+    elif volume.labels is None:
+        raise LocalInputError("mask", args.mask, "carries no label table, so its numbers could be misread "
+                              "(TotalSegmentator's 1 is spleen, the convention's 1 is kidney); state it: "
+                              "--labels convention, or --labels TABLE.json ({\"labels\": {\"1\": \"spleen\", ...}}), "
+                              "or keep the NAME.labels.json that medseg writes beside its masks")
+    return volume
+
+
 def cmd_measure(client: Client, args) -> int:
-    out = client.measure(_input(args, args.mask), progress=args.progress)
+    out = client.measure(_mask_with_table(client, args), progress=args.progress)
     if args.json:
         print(json_format.MessageToJson(out.result))
         return 0
@@ -371,6 +402,8 @@ def _case_follow(cases, job_id: str, args) -> int:
 
 
 def cmd_case_run(client: Client, args) -> int:
+    if args.pacs or args.study_dir:
+        return _case_run_study(client, args)
     cases, job = _case_submit(client, args)
     print(f"job {job.job_id} submitted", file=sys.stderr)
     code = _case_follow(cases, job.job_id, args)
@@ -378,6 +411,42 @@ def cmd_case_run(client: Client, args) -> int:
         for path in cases.fetch(job.job_id, args.output or job.job_id):
             print(f"written: {path}")
     return code
+
+
+def _case_run_study(client: Client, args) -> int:
+    """A case from a DICOM study (--study-dir, or --pacs + --study): phases assigned and
+    printed, uploaded, run, fetched; the mask also as mask.dcm (DICOM-SEG on its phase's
+    series), stored back to the PACS study unless --no-store."""
+    from medseg.dicom.seg import write_seg
+    from medseg.dicom.study import pacs_auth, store_seg, study_case
+    from medseg.labels import convention_table
+    from medseg.volumes import read_volume
+
+    overrides = dict(item.split("=", 1) for item in args.phase or [] if "=" in item)
+    auth = pacs_auth(args.pacs_user, args.pacs_bearer)
+    with study_case(args.study_dir, pacs=args.pacs or "", study_uid=args.study or "", auth=auth,
+                    overrides=overrides, allow_non_ct=args.allow_non_ct,
+                    on_note=lambda note: print(f"note: {note}", file=sys.stderr)) as study:
+        for line in study.lines:
+            print(f"phase {line}")
+        for phase, path in study.files.items():
+            setattr(args, phase, str(path))
+        cases, job = _case_submit(client, args)
+        print(f"job {job.job_id} submitted", file=sys.stderr)
+        code = _case_follow(cases, job.job_id, args)
+        if code != 0:
+            return code
+        folder = Path(args.output or job.job_id)
+        for path in cases.fetch(job.job_id, folder):
+            print(f"written: {path}")
+        phase, read = study.seg_source()
+        seg = write_seg(read_volume(folder / "mask.nii.gz", labels=convention_table()), folder / "mask.dcm", read,
+                        algorithm="medseg case")
+        print(f"written: {seg} (DICOM-SEG on the {phase} series {read.series.uid})")
+        if args.pacs and not args.no_store:
+            stored = store_seg(args.pacs, seg, study, auth)
+            print(f"stored in the PACS study {study.study_uid}: SEG {', '.join(stored)}")
+    return 0
 
 
 def cmd_case_submit(client: Client, args) -> int:
@@ -434,6 +503,15 @@ def _add_case_parser(sub) -> None:
         p.add_argument("--by-ref", action="store_true", help="phases are paths under the data root")
         if name == "run":
             p.add_argument("-o", "--output", help="local folder for the outputs (default: the job id)")
+            p.add_argument("--study-dir", help="a local DICOM study (folder, zip, DICOMDIR): phases assigned "
+                                               "from its series, mask.dcm written beside the outputs")
+            p.add_argument("--pacs", help="DICOMweb root URL of a PACS to pull --study from and store the SEG to")
+            p.add_argument("--study", help="StudyInstanceUID (with --pacs, or to pick one in --study-dir)")
+            p.add_argument("--phase", action="append", metavar="PHASE=SERIES_UID",
+                           help="assign a series to a phase instead of the rules (repeatable)")
+            p.add_argument("--pacs-user", help="basic authentication user; the password from MEDSEG_PACS_PASSWORD")
+            p.add_argument("--pacs-bearer", action="store_true", help="bearer token from MEDSEG_PACS_TOKEN")
+            p.add_argument("--no-store", action="store_true", help="do not store the SEG back to the PACS")
         p.set_defaults(func=func)
     p = commands.add_parser("watch", help="follow a job until it ends")
     p.add_argument("job_id")
@@ -514,6 +592,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("measure", help="per-label volume, boxes, components, diameter")
     p.add_argument("mask")
+    p.add_argument("--labels", metavar="convention|TABLE.json",
+                   help="the mask's label table when its file carries none")
     p.add_argument("--by-ref", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_measure)

@@ -564,12 +564,15 @@ class PhantomCase:
     seed: int = 0
 
     def write(self, folder: str | Path) -> dict[str, Path]:
-        """Write labels/organs/<phase>.nii.gz (plus anatomy.json, not returned)."""
+        """Write labels/organs/<phase>.nii.gz (plus anatomy.json and the masks' label tables
+        labels/organs.labels.json, not returned)."""
+        from medseg.labelfiles import write_mask_file
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {
-            "labels": write_volume(self.labels, folder / "labels.nii.gz"),
-            "organs": write_volume(self.organs, folder / "organs.nii.gz"),
+            "labels": write_mask_file(self.labels, folder / "labels.nii.gz"),
+            "organs": write_mask_file(self.organs, folder / "organs.nii.gz"),
         }
         for phase, volume in self.phases.items():
             paths[phase] = write_volume(volume, folder / f"{phase}.nii.gz")

@@ -124,7 +124,12 @@ def read_volume(path: str | Path, labels: dict[int, str] | None = None, *, serie
         volume.labels = labels
         return volume
     _refuse_unsupported(path)
-    return Volume.from_image(sitk.ReadImage(str(path)), labels)
+    image = sitk.ReadImage(str(path))
+    if labels is None:  # a table kept beside or inside the file (medseg.labelfiles)
+        from medseg.labelfiles import labels_from_metadata, read_sidecar
+
+        labels = labels_from_metadata(image) or read_sidecar(path)
+    return Volume.from_image(image, labels)
 
 
 def _refuse_unsupported(path: Path) -> None:
