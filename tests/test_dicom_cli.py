@@ -129,3 +129,49 @@ def test_notes_are_printed(tmp_path, capsys):
     assert main(["--quiet", "--gateway", NOWHERE, "--timeout", "2", "segment", "total", str(tmp_path / "s")]) == 2
     assert "note: ct '" in capsys.readouterr().err
 
+
+
+# --- by reference: the same QC through a real server, as INVALID_ARGUMENT on the path field -------
+
+@pytest.fixture(scope="module")
+def postprocess(tmp_path_factory):
+    from medseg.serving.config import ServerConfig
+    from postprocess_svc.server import create_server
+
+    root = tmp_path_factory.mktemp("root")
+    server = create_server(ServerConfig(service="postprocess", data_root=root, port=0)).start()
+    server.set_serving(True)
+    yield f"127.0.0.1:{server.port}", root
+    server.stop(drain_seconds=0, grace=0)
+
+
+@pytest.mark.parametrize("case, words", [("gap", ["gap of 15.0 mm", "about 2 slice(s) missing"]),
+                                         ("two", ["holds 2 series", "'arterial'", "'portal'"]),
+                                         ("mr", ["modality MR, not CT"])])
+def test_by_reference_the_same_rules_answer_invalid_argument(postprocess, case, words):
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from medseg.client import Client, Ref
+
+    address, root = postprocess
+    folder = root / "study" / case
+    if case == "gap":
+        stack_of("CT_small.dcm", folder, n=10, skip=(4, 5))
+    elif case == "two":
+        stack_of("CT_small.dcm", folder, n=3, description="arterial")
+        stack_of("CT_small.dcm", folder, n=3, description="portal", start=50)
+    else:
+        stack_of("MR_small.dcm", folder, n=4)
+    with Client(address, timeout=30) as client, pytest.raises(grpc.RpcError) as err:
+        client.measure(Ref(f"study/{case}"))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    message = err.value.details()
+    assert message.startswith(f"params.mask_path: 'study/{case}': "), message
+    for word in words:
+        assert word in message, message
+    assert str(root) not in message
+    [detail] = rpc_status.from_call(err.value).details
+    info = error_details_pb2.BadRequest()
+    assert detail.Unpack(info) and info.field_violations[0].field == "params.mask_path"
