@@ -281,3 +281,20 @@ def test_craniocaudal_limit_follows_physical_axis_not_array_axis():
     kidney_z = np.flatnonzero(np.isin(mask.array, [Label.KIDNEY, Label.TUMOR]).any(axis=(1, 2)))
     fat_z = np.flatnonzero(fat.any(axis=(1, 2)))
     assert fat_z.min() < kidney_z.min() or fat_z.max() > kidney_z.max()
+
+
+@pytest.mark.parametrize("seed", [10000, 10001, 10002, 10003])
+def test_default_margin_finds_the_fat_out_to_the_fascia_whatever_its_thickness(seed):
+    """With a CT the defaults follow the fat out to where soft tissue bounds it (the phantom's
+    renal fascia lies 8-15 mm out), instead of cutting it at a fixed distance."""
+    from medseg import phantom
+
+    case = phantom.make_phantom(size=(127, 127, 100), seed=seed)
+    truth = case.labels.array == Label.FAT
+    out, report = add_fat(_without_fat(case.labels), case.organs, case.phases["portal"])
+    fat = out.array == Label.FAT
+    assert report.margin_mm == 20.0
+    assert 2 * (fat & truth).sum() / (fat.sum() + truth.sum()) >= 0.95
+    assert abs(int(fat.sum()) - int(truth.sum())) <= 0.08 * truth.sum()
+    # Without a CT the region is geometric: 10 mm unless told otherwise.
+    assert add_fat(_without_fat(case.labels), case.organs, None)[1].margin_mm == 10.0
