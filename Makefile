@@ -62,6 +62,16 @@ BUF := .tools/node_modules/.bin/buf
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
+# Kubernetes manifests (deploy/k8s): render both overlays (scripts/k8s.py, no kustomize needed)
+# and validate them against the Kubernetes API schemas, strict (kubernetes-validate);
+# tests/test_k8s.py does the same inside `make test`.
+k8s-validate:
+	$(BIN)/python scripts/k8s.py validate
+
+# Regenerate deploy/k8s's Envoy ConfigMap from gateway_envoy/envoy.yaml.in (after editing it).
+k8s-envoy:
+	$(BIN)/python scripts/k8s.py envoy
+
 # Contract style (buf: STANDARD + comments) and Dockerfiles (hadolint).
 lint: $(BUF)
 	$(BUF) lint

@@ -13,7 +13,9 @@ integration tests and the benchmarks all go through `Stack` below.
 
 Environment: MEDSEG_DATA_ROOT (default data/), MEDSEG_RUN_DIR (default run/),
 MEDSEG_UP_TIMEOUT (seconds, default 300), MEDSEG_SERVICES (comma list, default all four),
-MEDSEG_ENVOY_MAX_HEAP_BYTES (overload manager, default 2 GiB), MEDSEG_<SERVICE>_HOST.
+MEDSEG_ENVOY_MAX_HEAP_BYTES (overload manager, default 2 GiB), MEDSEG_<SERVICE>_HOST,
+MEDSEG_<SERVICE>_REPLICAS (default 1: replica i > 0 is supervisord program <service>-i on
+port MEDSEG_<SERVICE>_PORT + 100·i; Envoy balances over all of them).
 """
 from __future__ import annotations
 
@@ -32,13 +34,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from medseg import addresses
-from medseg.client import Client
+from medseg.client import Client, RetryPolicy
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 SERVICES = addresses.SERVICES
 PROGRAMS = ("envoy",) + SERVICES
 DEFAULT_UP_TIMEOUT = 300.0
+# Replica i of a service listens on its port + REPLICA_PORT_STEP * i (`make up`'s fixed ports).
+REPLICA_PORT_STEP = 100
 # supervisord's wait before SIGKILL: above the servers' drain + grace (6 s + 10 s by default).
 STOP_WAIT_SECONDS = 30
 
@@ -90,6 +94,30 @@ def _grpc_stats_services() -> str:
     return "\n".join(lines)
 
 
+def endpoints_yaml(addresses_: Iterable[tuple[str, int]]) -> str:
+    """Envoy lb_endpoints entries, one line each, indented for envoy.yaml.in."""
+    return "\n".join(f"        - endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }}"
+                     for host, port in addresses_)
+
+
+def _replica_sections(text: str, service: str, ports: list[int]) -> tuple[str, list[str]]:
+    """supervisord sections for replicas 1.. of `service`: copies of its rendered section
+    with their own name, log and port."""
+    start = text.index(f"[program:{service}]")
+    end = text.find("\n[", start + 1)
+    section = text[start:] if end < 0 else text[start:end + 1]
+    out, names = [], []
+    for i, port in enumerate(ports[1:], start=1):
+        name = f"{service}-{i}"
+        copy = section.replace(f"[program:{service}]", f"[program:{name}]")
+        copy = copy.replace(f"/logs/{service}.log", f"/logs/{name}.log")
+        copy = copy.rstrip("\n") + (f"\nenvironment=MEDSEG_{service.upper()}_PORT=\"{port}\","
+                                     f"MEDSEG_REPLICA=\"{i}\"\n")
+        out.append(copy)
+        names.append(name)
+    return "\n".join(out), names
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -106,7 +134,7 @@ class Stack:
 
     def __init__(self, run_dir: str | Path | None = None, data_root: str | Path | None = None,
                  services: Iterable[str] | None = None, ports: dict[str, int] | None = None,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, replicas: dict[str, int] | None = None):
         self.run_dir = Path(run_dir or os.environ.get("MEDSEG_RUN_DIR") or REPO_ROOT / "run").resolve()
         self.data_root = Path(data_root or os.environ.get("MEDSEG_DATA_ROOT") or REPO_ROOT / "data").resolve()
         if services is None:
@@ -119,6 +147,12 @@ class Stack:
         self.ports = {name: addresses.port(name) for name in ("gateway", "admin") + SERVICES}
         self.ports.update(ports or {})
         self.extra_env = dict(extra_env or {})
+        counts = {name: int(os.environ.get(f"MEDSEG_{name.upper()}_REPLICAS") or 1) for name in SERVICES}
+        # Envoy's view of the servers: fixed addresses on loopback here; kubernetes_envoy_config
+        # switches to DNS names.
+        self.cluster_type, self.listen_address = "STATIC", "127.0.0.1"
+        self.status_host: str | None = None  # ListModels' hosts; None: nnunet's
+        self.set_replicas({**counts, **(replicas or {})})
         self.hosts = {name: os.environ.get(f"MEDSEG_{name.upper()}_HOST", "127.0.0.1")
                       for name in SERVICES}
         self.logs_dir = self.run_dir / "logs"
@@ -139,6 +173,37 @@ class Stack:
     def direct(self, service: str) -> str:
         """Address of a server itself, bypassing the gateway."""
         return f"{self.hosts[service]}:{self.ports[service]}"
+
+    def set_replicas(self, counts: dict[str, int], ports: list[int] | None = None) -> None:
+        """Replicas per service; extra replicas take `ports` in order (default: the service's
+        port + REPLICA_PORT_STEP * i)."""
+        spare = list(ports or [])
+        self.replica_ports: dict[str, list[int]] = {}
+        for name in SERVICES:
+            count = int(counts.get(name, 1))
+            if count < 1:
+                raise StackError(f"MEDSEG_{name.upper()}_REPLICAS must be at least 1, got {count}")
+            self.replica_ports[name] = [self.ports[name]] + [
+                spare.pop(0) if spare else self.ports[name] + REPLICA_PORT_STEP * i for i in range(1, count)]
+
+    def replicas(self, service: str) -> list[str]:
+        """supervisord program names of a service's replicas (the first is the service's name)."""
+        return [service] + [f"{service}-{i}" for i in range(1, len(self.replica_ports[service]))]
+
+    def host_health(self) -> dict[str, dict[str, str]]:
+        """Envoy's view of every host (admin /clusters): cluster -> {"host:port": flags};
+        flags "healthy" or e.g. "/failed_active_hc"."""
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{self.admin_url}/clusters", timeout=5) as reply:
+            lines = reply.read().decode().splitlines()
+        hosts: dict[str, dict[str, str]] = {}
+        for line in lines:
+            parts = line.split("::")
+            if len(parts) == 4 and parts[2] == "health_flags":
+                hosts.setdefault(parts[0], {})[parts[1]] = parts[3]
+        return hosts
 
     def log_path(self, program: str) -> Path:
         return self.logs_dir / f"{program}.log"
@@ -162,6 +227,11 @@ class Stack:
         values.update({f"{name}_host": host for name, host in self.hosts.items()})
         values.update({f"{name}_service": addresses.SERVICE_NAMES[name] for name in SERVICES})
         values.update({f"{name}_autostart": str(name in self.services).lower() for name in SERVICES})
+        values.update({f"{name}_endpoints": endpoints_yaml((self.hosts[name], p) for p in self.replica_ports[name])
+                       for name in SERVICES})
+        values["nnunet_status_endpoints"] = endpoints_yaml(
+            (self.status_host or self.hosts["nnunet"], p) for p in self.replica_ports["nnunet"])
+        values.update(cluster_type=self.cluster_type, listen_address=self.listen_address)
         values.update(
             grpc_stats_services=_grpc_stats_services(),
             max_heap_bytes=int(os.environ.get("MEDSEG_ENVOY_MAX_HEAP_BYTES", 2 << 30)),
@@ -173,9 +243,26 @@ class Stack:
         for template, target in (("envoy.yaml.in", self.envoy_config),
                                  ("supervisord.conf.in", self.supervisor_config)):
             text = string.Template((HERE / template).read_text()).substitute(values)
+            if template == "supervisord.conf.in":
+                text = self._with_replicas(text)
             target.write_text(text)
             outputs[template.removesuffix(".in")] = target
         return outputs
+
+    def _with_replicas(self, text: str) -> str:
+        """The rendered supervisord.conf plus a program per extra replica, in the services group."""
+        extra = []
+        for name in SERVICES:
+            sections, names = _replica_sections(text, name, self.replica_ports[name])
+            if names:
+                text = text.rstrip("\n") + "\n\n" + sections
+                extra += names
+        if extra:
+            start = text.index("[group:services]")
+            line_start = text.index("programs=", start)
+            line_end = text.index("\n", line_start)
+            text = text[:line_end] + "," + ",".join(extra) + text[line_end:]
+        return text
 
     def validate_envoy(self) -> str:
         """`envoy --mode validate` on the rendered config; returns its output, raises on error."""
@@ -214,6 +301,10 @@ class Stack:
     def start_program(self, program: str) -> None:
         self.supervisor().supervisor.startProcess(self._qualified(program), True)
 
+    def stop_program(self, program: str) -> None:
+        """SIGTERM and wait until it exited (the server drains first, then finishes calls)."""
+        self.supervisor().supervisor.stopProcess(self._qualified(program), True)
+
     def signal_program(self, program: str, sig: str = "TERM") -> None:
         self.supervisor().supervisor.signalProcess(self._qualified(program), sig)
 
@@ -234,7 +325,7 @@ class Stack:
         import grpc
 
         try:
-            with Client(self.gateway, timeout=timeout) as client:
+            with Client(self.gateway, timeout=timeout, retry=RetryPolicy(attempts=1)) as client:
                 return client.list_models().load_error
         except grpc.RpcError:
             return ""
@@ -261,6 +352,26 @@ class Stack:
                                      f"({info.get('spawnerr') or info.get('description')}); "
                                      f"last lines of {self.log_path(program)}:\n{self.tail(program)}")
             health = self.status()
+            extra = [r for name in self.services for r in self.replicas(name)[1:]]
+            for program in extra:
+                info = states.get(program)
+                if info and info["statename"] in ("FATAL", "EXITED", "BACKOFF"):
+                    raise StackError(f"{program} is {info['statename']} after {elapsed:.0f} s; last lines "
+                                     f"of {self.log_path(program)}:\n{self.tail(program)}")
+            if extra and all(health[name] == "SERVING" for name in self.services):
+                # Every replica healthy in Envoy, not just one per service.
+                hosts = self.host_health()
+                sick = [f"{name} {self.hosts[name]}:{port}" for name in self.services
+                        for port in self.replica_ports[name]
+                        if hosts.get(name, {}).get(f"{self.hosts[name]}:{port}") != "healthy"]
+                if sick:
+                    if elapsed > timeout:
+                        raise StackError(f"not ready after {timeout:.0f} s: replicas {', '.join(sick)}")
+                    if seen.get("replicas") != str(sick):
+                        say(f"  {elapsed:6.1f} s  waiting for replicas {', '.join(sick)}")
+                        seen["replicas"] = str(sick)
+                    time.sleep(0.5)
+                    continue
             if "nnunet" in self.services and health["nnunet"] != "SERVING":
                 reason = self.model_load_error()
                 if reason:  # it will not become SERVING by itself: say why now
@@ -294,6 +405,9 @@ class Stack:
         wanted = {"gateway": self.ports["gateway"], "admin": self.ports["admin"],
                   **{name: self.ports[name] for name in self.services}}
         taken = [f"{name} {port}" for name, port in wanted.items() if not port_is_free(port)]
+        taken += [f"{program} {port}" for name in self.services
+                  for program, port in zip(self.replicas(name)[1:], self.replica_ports[name][1:])
+                  if not port_is_free(port)]
         if taken:
             raise StackError(f"port(s) already in use on 127.0.0.1: {', '.join(taken)} "
                              f"(another stack? set MEDSEG_<NAME>_PORT to move)")
@@ -336,6 +450,24 @@ class Stack:
         say("stopped")
 
 
+def kubernetes_envoy_config() -> str:
+    """envoy.yaml for deploy/k8s (its ConfigMap): the same template, listening on every
+    interface, each cluster STRICT_DNS on the service's headless Service (one host per ready
+    pod), ListModels on `nnunet-all` (not-ready pods too: a load error stays visible)."""
+    scratch = Path(tempfile.mkdtemp(prefix="medseg-k8s-"))
+    try:
+        stack = Stack(run_dir=scratch, data_root=scratch, replicas={name: 1 for name in SERVICES},
+                      ports={name: addresses._DEFAULT_PORTS[name] for name in addresses._DEFAULT_PORTS})
+        stack.hosts = {name: name for name in stack.hosts}
+        stack.cluster_type, stack.listen_address, stack.status_host = "STRICT_DNS", "0.0.0.0", "nnunet-all"
+        text = stack.render()["envoy.yaml"].read_text()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    header = ("# GENERATED by `make k8s-envoy` (gateway_envoy/stack.py kubernetes_envoy_config) from\n"
+              "# gateway_envoy/envoy.yaml.in: edit the template, not this file.\n")
+    return header + text.replace("type: STATIC", "type: STRICT_DNS")
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports free on 127.0.0.1 right now (held open together while chosen)."""
     sockets = []
@@ -354,7 +486,8 @@ def free_ports(count: int) -> list[int]:
 def temporary_stack(services: Iterable[str] = SERVICES, data_root: str | Path | None = None,
                     run_dir: str | Path | None = None, timeout: float | None = None,
                     extra_env: dict[str, str] | None = None,
-                    say: Callable[[str], None] = print) -> Iterator[Stack]:
+                    say: Callable[[str], None] = print,
+                    replicas: dict[str, int] | None = None) -> Iterator[Stack]:
     """A stack on free ports with its own run folder (and data root unless given), started
     through the same code path as `stack.py up`, always stopped on exit. For tests and
     benchmarks; the caller's environment is not modified."""
@@ -363,6 +496,8 @@ def temporary_stack(services: Iterable[str] = SERVICES, data_root: str | Path | 
     stack = Stack(run_dir=run_dir or scratch / "run", data_root=data_root or scratch / "data",
                   services=services, ports=dict(zip(names, free_ports(len(names)))),
                   extra_env=extra_env)
+    if replicas:  # extra replicas on free ports too
+        stack.set_replicas(replicas, free_ports(sum(max(0, n - 1) for n in replicas.values())))
     stack.data_root.mkdir(parents=True, exist_ok=True)
     try:
         stack.up(timeout, say)

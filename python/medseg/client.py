@@ -11,6 +11,8 @@ Every inline volume that comes back is checked against the digest the server rep
 from __future__ import annotations
 
 import hashlib
+import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Union
@@ -139,10 +141,41 @@ def inference_mode(mode: str) -> int:
         raise ValueError(f"unknown inference mode {mode!r}; expected 'accurate' or 'fast'") from None
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of idempotent calls answered UNAVAILABLE (a replica died or is draining; the
+    gateway has another): calls whose inputs all go by reference, and read-only ones
+    (Measure, ListLabels, ListModels). Exponential backoff with full jitter, so clients cut off
+    together do not come back together. attempts=1: no retries."""
+
+    attempts: int = 5
+    initial_s: float = 0.2
+    maximum_s: float = 3.0
+    multiplier: float = 2.0
+
+    def delay(self, retry: int) -> float:
+        return random.uniform(0.0, min(self.maximum_s, self.initial_s * self.multiplier ** retry))
+
+
+def _transient(exc: grpc.RpcError) -> bool:
+    """UNAVAILABLE, or a stream reset by the transport after the response began (a replica
+    killed mid-call reaches the client through Envoy as RST_STREAM = INTERNAL)."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE or (
+        exc.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or ""))
+
+
+# Requests whose calls change nothing: safe to send again even with inline volumes.
+READ_ONLY_REQUESTS = (pp.MeasureRequest,)
+
+
 class Client:
     def __init__(self, target: str | None = None, timeout: float | None = None,
-                 max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES, dicom: DicomReading | None = None):
-        """dicom: how local DICOM inputs are read (series choice, research override)."""
+                 max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES, dicom: DicomReading | None = None,
+                 retry: RetryPolicy | None = None):
+        """dicom: how local DICOM inputs are read (series choice, research override); retry:
+        see RetryPolicy (`retries` counts the retries this client made)."""
+        self.retry = retry or RetryPolicy()
+        self.retries = 0
         self.dicom = dicom or DicomReading()
         self.target = target or addresses.gateway_address()
         self.timeout = timeout
@@ -163,9 +196,25 @@ class Client:
 
     # --- generic streaming call ------------------------------------------------------
 
+    def _retrying(self, idempotent: bool, attempt: Callable):
+        """attempt(), again after a backoff when it fails UNAVAILABLE and may be repeated."""
+        for retry in range(self.retry.attempts):
+            try:
+                return attempt()
+            except grpc.RpcError as exc:
+                if not idempotent or not _transient(exc) or retry == self.retry.attempts - 1:
+                    raise
+            self.retries += 1
+            time.sleep(self.retry.delay(retry))
+
     def _call(self, method, request_cls, params, inputs: dict[str, Input],
               progress: ProgressFn | None) -> CallResult:
         volumes = _local_volumes(inputs, self.dicom)  # local read failures surface before the call
+        idempotent = not volumes or request_cls in READ_ONLY_REQUESTS
+        return self._retrying(idempotent, lambda: self._call_once(method, request_cls, params, volumes, progress))
+
+    def _call_once(self, method, request_cls, params, volumes: dict[str, Volume],
+                   progress: ProgressFn | None) -> CallResult:
         responses = method(_requests(request_cls, params, volumes), timeout=self.timeout)
         assembler = codec.VolumeAssembler(self.max_volume_bytes)
         files: dict[str, bytearray] = {}
@@ -243,7 +292,8 @@ class Client:
 
     def list_labels(self) -> list[pp.LabelInfo]:
         """The label convention (value, name, colour, enum name), from the server."""
-        return list(self.postprocess.ListLabels(pp.ListLabelsRequest(), timeout=self.timeout or 10).labels)
+        return self._retrying(True, lambda: list(self.postprocess.ListLabels(
+            pp.ListLabelsRequest(), timeout=self.timeout or 10).labels))
 
     # --- smoothing -------------------------------------------------------------------
 
@@ -311,7 +361,8 @@ class Client:
         return self._call(self.nnunet.Segment, nn.SegmentRequest, params, phases, progress)
 
     def list_models(self) -> nn.ListModelsResponse:
-        return self.nnunet.ListModels(nn.ListModelsRequest(), timeout=self.timeout or 10)
+        return self._retrying(True, lambda: self.nnunet.ListModels(nn.ListModelsRequest(),
+                                                                  timeout=self.timeout or 10))
 
     # --- health ----------------------------------------------------------------------
 

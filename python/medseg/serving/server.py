@@ -23,6 +23,9 @@ from medseg.serving.config import ServerConfig
 log = logging.getLogger("medseg.serving")
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+# Health-check name that is SERVING while the process runs, whatever its readiness: the
+# liveness probe's (a server whose models failed to load is alive but not ready).
+LIVENESS_SERVICE = "medseg.liveness"
 
 
 def _register_reflection_v1_descriptor() -> None:
@@ -99,6 +102,7 @@ class Server:
                              # the case service's jobs, for generic long-running-operation tools
                              operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name])
         self.set_serving(False)
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
