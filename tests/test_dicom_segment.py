@@ -20,12 +20,13 @@ def nnunet(tmp_path_factory):
     from nnunet_svc.registry import load_registry
     from nnunet_svc.server import create_server
 
-    server, servicer = create_server(ServerConfig(service="nnunet", data_root=tmp_path_factory.mktemp("root"),
-                                                  port=0, queue_capacity=2), load_registry())
+    root = tmp_path_factory.mktemp("root")
+    server, servicer = create_server(ServerConfig(service="nnunet", data_root=root, port=0, queue_capacity=2),
+                                     load_registry())
     server.start()
     servicer.load(on_ready=lambda: server.set_serving(True))
     assert servicer.load_error is None, servicer.load_error
-    yield f"127.0.0.1:{server.port}"
+    yield f"127.0.0.1:{server.port}", root
     server.stop(drain_seconds=0, grace=0)
 
 
@@ -38,7 +39,7 @@ def test_phantom_as_dicom_segments_like_its_nifti(nnunet, tmp_path, oblique, cap
     case, volume, _ = write_phantom_series(tmp_path / "CD" / "SE1", size=(64, 64, 40), seed=11,
                                            direction=oblique_direction() if oblique else None)
     case.write(tmp_path / "nifti")
-    common = ["--quiet", "--gateway", nnunet, "--timeout", "600", "segment", "tumor"]
+    common = ["--quiet", "--gateway", nnunet[0], "--timeout", "600", "segment", "tumor"]
     assert main(common + [str(tmp_path / "nifti" / "portal.nii.gz"), "-o", str(tmp_path / "from_nifti.nii.gz")]) == 0
     assert main(common + [str(tmp_path / "CD"), "-o", str(tmp_path / "from_dicom.dcm")]) == 0
     capsys.readouterr()
@@ -51,3 +52,30 @@ def test_phantom_as_dicom_segments_like_its_nifti(nnunet, tmp_path, oblique, cap
         assert _dice(from_dicom.array == value, truth == value) == _dice(from_nifti.array == value, truth == value)
     assert _dice(from_dicom.array == 1, truth == 1) > 0.8
     assert from_dicom.labels == {0: "background", 1: "kidney", 2: "tumor"}
+
+
+def test_by_reference_the_contract_chooses_the_series(nnunet, capsys):
+    """DicomSelection.series_uids in the request: a folder with two series is refused on that
+    field, listing them, and read once one is named."""
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from medseg.client import Client, DicomReading, Ref
+
+    address, root = nnunet
+    _, arterial, _ = write_phantom_series(root / "study" / "a", size=(48, 48, 32), seed=12, description="arterial")
+    _, portal, _ = write_phantom_series(root / "study" / "p", size=(48, 48, 32), seed=12, description="portal")
+    uids = {read_dicom(root / "study" / name).series.description: read_dicom(root / "study" / name).series.uid
+            for name in ("a", "p")}
+    with Client(address, timeout=600) as client, pytest.raises(grpc.RpcError) as err:
+        client.segment_tumor(Ref("study"), inline=True)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds 2 series" in err.value.details() and uids["portal"] in err.value.details()
+    info = error_details_pb2.BadRequest()
+    assert rpc_status.from_call(err.value).details[0].Unpack(info)
+    assert info.field_violations[0].field == "params.dicom.series_uids"
+    with Client(address, timeout=600, dicom=DicomReading(series_uids=(uids["portal"],))) as client:
+        out = client.segment_tumor(Ref("study"), inline=True)
+    assert out.volumes["tumor"].same_grid(portal, tol=1e-4)
+    assert out.result.info.received[0].path == "study"

@@ -54,6 +54,8 @@ class ProgressPrinter:
 def _input(args, value):
     if value is None:
         return None
+    if value.startswith(("http://", "https://")):
+        return value  # a DICOMweb study/series URL, pulled by the client
     return Ref(value) if args.by_ref else Path(value)
 
 
@@ -294,6 +296,12 @@ def cmd_segment(client: Client, args) -> int:
             source = {"total": "ct", "tumor": "ct", "ureter": "delayed", "vessels": "arterial"}.get(args.task)
             write_mask(client, out.volumes[output.role], target, source)
             print(f"  written: {target}")
+            read = client.dicom.reads.get(source)
+            if getattr(args, "store", False) and target.name.lower().endswith(".dcm") and read and read.pacs:
+                from medseg.dicom.web import store
+
+                stored = store(read.pacs[0], [target], client.dicom.pacs_auth, study_uid=read.pacs[1])
+                print(f"  stored in the PACS study {read.pacs[1]}: SEG {', '.join(stored)}")
     _print_info(out.result.info)
     return 0
 
@@ -641,7 +649,12 @@ def _build_parser() -> argparse.ArgumentParser:
                                ("ureter", ["delayed"], "kidney, ureter"),
                                ("tumor", ["ct"], "kidney, tumor")):
         t = tasks.add_parser(task, help=text)
-        t.add_argument("images", nargs=len(images), metavar=tuple(i.upper() for i in images))
+        t.add_argument("images", nargs=len(images), metavar=tuple(i.upper() for i in images),
+                       help="files, DICOM folders/zips, or DICOMweb URLs <root>/studies/UID[/series/UID]")
+        t.add_argument("--pacs-user", help="basic authentication for DICOMweb URLs; password from MEDSEG_PACS_PASSWORD")
+        t.add_argument("--pacs-bearer", action="store_true", help="bearer token for DICOMweb URLs from MEDSEG_PACS_TOKEN")
+        t.add_argument("--store", action="store_true",
+                       help="with -o NAME.dcm and a DICOMweb input: store the SEG back into its study (STOW-RS)")
         if task != "total":
             t.add_argument("--no-crop", action="store_true", help="run on the whole image")
         else:
@@ -671,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dicom = DicomReading(series_uids=tuple(args.series), allow_non_ct=args.allow_non_ct,
                              on_note=lambda note: print(f"note: {note}", file=sys.stderr))
+        if getattr(args, "pacs_user", None) or getattr(args, "pacs_bearer", False):
+            from medseg.dicom.study import pacs_auth
+
+            dicom.pacs_auth = pacs_auth(args.pacs_user, args.pacs_bearer)
         with Client(args.gateway, timeout=args.timeout, dicom=dicom) as client:
             return args.func(client, args)
     except LocalInputError as exc:  # nothing was sent: the local file is the problem

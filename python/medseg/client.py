@@ -78,6 +78,11 @@ class DicomReading:
     allow_non_ct: bool = False
     on_note: Callable[[str], None] | None = None
     reads: dict = field(default_factory=dict)
+    pacs_auth: object = None  # medseg.dicom.web.PacsAuth for inputs given as DICOMweb URLs
+
+
+def _is_url(value) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
 def _as_volume(role: str, value: Volume | str | Path, dicom: DicomReading | None = None) -> Volume:
@@ -86,10 +91,23 @@ def _as_volume(role: str, value: Volume | str | Path, dicom: DicomReading | None
     as `UNKNOWN: Exception iterating requests!`)."""
     if isinstance(value, Volume):
         return value
+    dicom = dicom or DicomReading()
+    if _is_url(value):  # a study or series on a PACS (DICOMweb), pulled now
+        from medseg.dicom import DicomError
+        from medseg.dicom.web import PacsAuth, read_url, shown_url
+
+        try:
+            read = read_url(value, dicom.pacs_auth or PacsAuth(), dicom.series_uids, dicom.allow_non_ct)
+        except DicomError as exc:
+            raise LocalInputError(role, shown_url(value), exc.reason) from None
+        dicom.reads[role] = read
+        for note in read.notes:
+            if dicom.on_note:
+                dicom.on_note(f"{role}: {note}")
+        return read.volume
     path = Path(value)
     if not path.exists():
         raise LocalInputError(role, path, "no such file or folder")
-    dicom = dicom or DicomReading()
     try:
         from medseg.dicom import DicomError, looks_like_dicom_source, read_dicom
 
@@ -210,6 +228,8 @@ class Client:
     def _call(self, method, request_cls, params, inputs: dict[str, Input],
               progress: ProgressFn | None) -> CallResult:
         volumes = _local_volumes(inputs, self.dicom)  # local read failures surface before the call
+        if "dicom" in params.DESCRIPTOR.fields_by_name:  # the same choice for inputs the server reads
+            params.dicom.CopyFrom(self._dicom_selection())
         idempotent = not volumes or request_cls in READ_ONLY_REQUESTS
         return self._retrying(idempotent, lambda: self._call_once(method, request_cls, params, volumes, progress))
 
@@ -235,6 +255,10 @@ class Client:
         self._verify(result, volumes, files)
         return CallResult(result, {r: v.volume for r, v in volumes.items()},
                           {n: bytes(b) for n, b in files.items()})
+
+    def _dicom_selection(self) -> vpb.DicomSelection:
+        """The series choice and research override, for DICOM inputs read by the server."""
+        return vpb.DicomSelection(series_uids=list(self.dicom.series_uids), allow_non_ct=self.dicom.allow_non_ct)
 
     @staticmethod
     def _verify(result, volumes, files) -> None:

@@ -110,7 +110,7 @@ def raw_bytes(array: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(little)).cast("B")
 
 
-def read_volume(path: str | Path, labels: dict[int, str] | None = None, *, series_uid: str = "",
+def read_volume(path: str | Path, labels: dict[int, str] | None = None, *, series_uid: str | tuple[str, ...] = "",
                 allow_non_ct: bool = False) -> Volume:
     """Read a NIfTI/NRRD/MHA file, or DICOM (a folder, DICOMDIR, zip or multi-frame file:
     one series, checked by medseg.dicom before its geometry is trusted) into a Volume."""

@@ -173,6 +173,32 @@ def test_case_run_pulls_the_study_and_stores_the_seg_back(orthanc, study, case_s
     assert (out / "mask.dcm").exists() and (out / "report.json").exists()
 
 
+def test_single_task_from_a_dicomweb_url_stores_its_seg(orthanc, study, case_stack, tmp_path):
+    import pydicom
+
+    from medseg.dicom import read_dicom
+    from medseg.dicom.seg import read_seg
+    from medseg.dicom.web import PacsAuth, series_of_study
+
+    auth = PacsAuth("basic", USER, PASSWORD)
+    before = {s["uid"] for s in series_of_study(orthanc["dicomweb"], study["uid"], auth) if s["modality"] == "SEG"}
+    url = f"{orthanc['dicomweb']}/studies/{study['uid']}/series/{study['series']['portal']}"
+    result = _medseg(["--quiet", "--gateway", case_stack.gateway, "--timeout", "600", "segment", "tumor", url,
+                      "--pacs-user", USER, "-o", str(tmp_path / "tumor.dcm"), "--store"],
+                     {"MEDSEG_PACS_PASSWORD": PASSWORD})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"stored in the PACS study {study['uid']}" in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
+    after = [s for s in series_of_study(orthanc["dicomweb"], study["uid"], auth)
+             if s["modality"] == "SEG" and s["uid"] not in before]
+    assert len(after) == 1
+    local = pydicom.dcmread(tmp_path / "tumor.dcm")
+    assert after[0]["uid"] == local.SeriesInstanceUID
+    assert local.ReferencedSeriesSequence[0].SeriesInstanceUID == study["series"]["portal"]
+    back = read_seg(tmp_path / "tumor.dcm", read_dicom(study["folder"] / "portal"))
+    assert {"kidney"} <= set(back.labels.values()) and (back.array == 1).any()
+
+
 def _session():
     session = requests.Session()
     session.auth = (USER, PASSWORD)

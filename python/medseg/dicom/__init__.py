@@ -31,6 +31,7 @@ class DicomRead:
     series: Series
     checked: CheckedSeries
     notes: list[str]
+    pacs: tuple[str, str] | None = None  # (DICOMweb root, study UID) when pulled from a PACS
 
     @property
     def resampled(self) -> bool:

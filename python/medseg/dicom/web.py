@@ -133,3 +133,42 @@ def series_of_study(url: str, study_uid: str, auth: PacsAuth = PacsAuth(), timeo
         raise _pacs_error(exc, url, f"the search for study {study_uid}") from None
     return [{"uid": _value(i, "0020000E"), "modality": _value(i, "00080060"),
              "description": _value(i, "0008103E")} for i in found]
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """(DICOMweb root, study UID, series UID or "") of .../studies/UID[/series/UID]."""
+    parts = urlsplit(url)
+    segments = parts.path.rstrip("/").split("/")
+    if "studies" not in segments:
+        raise DicomError(f"'{shown_url(url)}' names no study: expected <DICOMweb root>/studies/<UID>[/series/<UID>]")
+    i = len(segments) - 1 - segments[::-1].index("studies")
+    rest = segments[i + 1:]
+    if not rest or not rest[0] or (len(rest) > 1 and (rest[1] != "series" or len(rest) != 3)):
+        raise DicomError(f"'{shown_url(url)}': expected <DICOMweb root>/studies/<UID>[/series/<UID>]")
+    root = urlunsplit((parts.scheme, parts.netloc, "/".join(segments[:i]), "", ""))
+    return root, rest[0], rest[2] if len(rest) == 3 else ""
+
+
+def read_url(url: str, auth: PacsAuth = PacsAuth(), series_uid=(), allow_non_ct: bool = False):
+    """A series straight from a PACS: .../studies/UID/series/UID, or .../studies/UID with
+    the series chosen as for a folder (series_uid, or the only one). Returns the DicomRead,
+    with `pacs` = (root, study UID) so a SEG can be stored back."""
+    import tempfile
+
+    from medseg.dicom import read_dicom
+
+    root, study_uid, series = parse_url(url)
+    with tempfile.TemporaryDirectory(prefix="medseg-pacs-") as tmp:
+        if series:
+            client = _client(root, auth, 60.0)
+            try:
+                instances = client.retrieve_series(study_uid, series)
+            except Exception as exc:  # noqa: BLE001
+                raise _pacs_error(exc, root, f"the retrieval of series {series}") from None
+            for i, ds in enumerate(instances):
+                ds.save_as(Path(tmp) / f"{i:05d}.dcm", enforce_file_format=True)
+        else:
+            pull_study(root, study_uid, tmp, auth)
+        read = read_dicom(tmp, series_uid=series or series_uid, allow_non_ct=allow_non_ct)
+    read.pacs = (root, study_uid)
+    return read

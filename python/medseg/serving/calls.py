@@ -31,11 +31,13 @@ from medseg.volumes import Volume, atomic_write, read_volume, write_volume
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def read_checked(path: Path, max_bytes: int, field: str, given: str | None = None) -> Volume:
+def read_checked(path: Path, max_bytes: int, field: str, given: str | None = None,
+                 dicom: pb.DicomSelection | None = None) -> Volume:
     """Read a volume file or DICOM folder, checking a NIfTI header before decoding. Errors
     name the request field and the path as the client gave it (`given`), never the
-    server's own path."""
+    server's own path. `dicom`: series choice and QC options for DICOM inputs."""
     given = path.name if given is None else given
+    from medseg.dicom.errors import DicomError
 
     def bad(reason: str) -> FieldError:
         return FieldError(field, f"'{given}': {reason}")
@@ -52,9 +54,15 @@ def read_checked(path: Path, max_bytes: int, field: str, given: str | None = Non
                                      available=None if gzipped else path.stat().st_size)
             if gzipped:
                 codec.check_nifti_gzip_file(path, header)
-        return read_volume(path)  # DICOM (folder, DICOMDIR, zip, file): found and checked by medseg.dicom
+        # DICOM (folder, DICOMDIR, zip, file): found and checked by medseg.dicom
+        return read_volume(path, series_uid=tuple(dicom.series_uids) if dicom else (),
+                           allow_non_ct=bool(dicom and dicom.allow_non_ct))
     except FieldError:
         raise
+    except DicomError as exc:
+        if exc.field == "series_uid" and dicom is not None:  # the choice, not the path, is wrong
+            raise FieldError(f"{field.rsplit('.', 1)[0]}.dicom.series_uids", f"'{given}': {exc.reason}") from None
+        raise bad(exc.reason) from None
     except codec.VolumeError as exc:
         raise bad(exc.reason) from None
     except codec.VolumeTooLarge as exc:
@@ -118,6 +126,7 @@ class StreamingCall:
         self.received: list[pb.Digest] = []
         self.sent: list[pb.Digest] = []
         self.timings: list[pb.Timing] = []
+        self.dicom: pb.DicomSelection | None = None
 
     @contextmanager
     def timed(self, stage: str):
@@ -153,6 +162,8 @@ class StreamingCall:
                 if item.role in self.inline:
                     raise FieldError("chunk.header.role", f"volume '{item.role}' sent twice")
                 self.inline[item.role] = item
+        # Requests whose params carry a DicomSelection (`dicom`) apply it to every DICOM input.
+        self.dicom = params.dicom if params is not None and "dicom" in params.DESCRIPTOR.fields_by_name else None
         return params
 
     def has_input(self, role: str, path: str) -> bool:
@@ -167,7 +178,7 @@ class StreamingCall:
         if path:
             with self.timed(f"read {role}"):
                 file = self.root.input(field, path)
-                volume = read_checked(file, self.config.max_volume_bytes, field, path)
+                volume = read_checked(file, self.config.max_volume_bytes, field, path, dicom=self.dicom)
             self.input_paths.append(file)
             self.received.append(pb.Digest(role=role, path=self.root.relative(file),
                                            sha256=volume.sha256(), bytes=volume.array.nbytes))

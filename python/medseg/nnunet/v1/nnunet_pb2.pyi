@@ -55,14 +55,16 @@ class ModelProvenance(_message.Message):
     def __init__(self, task: _Optional[str] = ..., model_versions: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., nnunet_version: _Optional[str] = ...) -> None: ...
 
 class SegmentTotalParams(_message.Message):
-    __slots__ = ("ct_path", "output", "mode")
+    __slots__ = ("ct_path", "output", "mode", "dicom")
     CT_PATH_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DICOM_FIELD_NUMBER: _ClassVar[int]
     ct_path: str
     output: _volume_pb2.OutputOptions
     mode: InferenceMode
-    def __init__(self, ct_path: _Optional[str] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ...) -> None: ...
+    dicom: _volume_pb2.DicomSelection
+    def __init__(self, ct_path: _Optional[str] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ..., dicom: _Optional[_Union[_volume_pb2.DicomSelection, _Mapping]] = ...) -> None: ...
 
 class SegmentTotalRequest(_message.Message):
     __slots__ = ("params", "chunk")
@@ -83,18 +85,20 @@ class SegmentTotalResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
 
 class SegmentVesselsParams(_message.Message):
-    __slots__ = ("arterial_path", "portal_path", "disable_kidney_crop", "output", "mode")
+    __slots__ = ("arterial_path", "portal_path", "disable_kidney_crop", "output", "mode", "dicom")
     ARTERIAL_PATH_FIELD_NUMBER: _ClassVar[int]
     PORTAL_PATH_FIELD_NUMBER: _ClassVar[int]
     DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DICOM_FIELD_NUMBER: _ClassVar[int]
     arterial_path: str
     portal_path: str
     disable_kidney_crop: bool
     output: _volume_pb2.OutputOptions
     mode: InferenceMode
-    def __init__(self, arterial_path: _Optional[str] = ..., portal_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ...) -> None: ...
+    dicom: _volume_pb2.DicomSelection
+    def __init__(self, arterial_path: _Optional[str] = ..., portal_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ..., dicom: _Optional[_Union[_volume_pb2.DicomSelection, _Mapping]] = ...) -> None: ...
 
 class SegmentVesselsRequest(_message.Message):
     __slots__ = ("params", "chunk")
@@ -115,16 +119,18 @@ class SegmentVesselsResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
 
 class SegmentUreterParams(_message.Message):
-    __slots__ = ("delayed_path", "disable_kidney_crop", "output", "mode")
+    __slots__ = ("delayed_path", "disable_kidney_crop", "output", "mode", "dicom")
     DELAYED_PATH_FIELD_NUMBER: _ClassVar[int]
     DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DICOM_FIELD_NUMBER: _ClassVar[int]
     delayed_path: str
     disable_kidney_crop: bool
     output: _volume_pb2.OutputOptions
     mode: InferenceMode
-    def __init__(self, delayed_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ...) -> None: ...
+    dicom: _volume_pb2.DicomSelection
+    def __init__(self, delayed_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ..., dicom: _Optional[_Union[_volume_pb2.DicomSelection, _Mapping]] = ...) -> None: ...
 
 class SegmentUreterRequest(_message.Message):
     __slots__ = ("params", "chunk")
@@ -145,16 +151,18 @@ class SegmentUreterResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
 
 class SegmentTumorParams(_message.Message):
-    __slots__ = ("ct_path", "disable_kidney_crop", "output", "mode")
+    __slots__ = ("ct_path", "disable_kidney_crop", "output", "mode", "dicom")
     CT_PATH_FIELD_NUMBER: _ClassVar[int]
     DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DICOM_FIELD_NUMBER: _ClassVar[int]
     ct_path: str
     disable_kidney_crop: bool
     output: _volume_pb2.OutputOptions
     mode: InferenceMode
-    def __init__(self, ct_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ...) -> None: ...
+    dicom: _volume_pb2.DicomSelection
+    def __init__(self, ct_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ..., dicom: _Optional[_Union[_volume_pb2.DicomSelection, _Mapping]] = ...) -> None: ...
 
 class SegmentTumorRequest(_message.Message):
     __slots__ = ("params", "chunk")
@@ -175,7 +183,7 @@ class SegmentTumorResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
 
 class SegmentCaseParams(_message.Message):
-    __slots__ = ("tasks", "arterial_path", "portal_path", "delayed_path", "disable_kidney_crop", "output_dir", "inline", "mode")
+    __slots__ = ("tasks", "arterial_path", "portal_path", "delayed_path", "disable_kidney_crop", "output_dir", "inline", "mode", "dicom")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     ARTERIAL_PATH_FIELD_NUMBER: _ClassVar[int]
     PORTAL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +192,7 @@ class SegmentCaseParams(_message.Message):
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DICOM_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedScalarFieldContainer[Task]
     arterial_path: str
     portal_path: str
@@ -192,7 +201,8 @@ class SegmentCaseParams(_message.Message):
     output_dir: str
     inline: bool
     mode: InferenceMode
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, str]]] = ..., arterial_path: _Optional[str] = ..., portal_path: _Optional[str] = ..., delayed_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output_dir: _Optional[str] = ..., inline: _Optional[bool] = ..., mode: _Optional[_Union[InferenceMode, str]] = ...) -> None: ...
+    dicom: _volume_pb2.DicomSelection
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, str]]] = ..., arterial_path: _Optional[str] = ..., portal_path: _Optional[str] = ..., delayed_path: _Optional[str] = ..., disable_kidney_crop: _Optional[bool] = ..., output_dir: _Optional[str] = ..., inline: _Optional[bool] = ..., mode: _Optional[_Union[InferenceMode, str]] = ..., dicom: _Optional[_Union[_volume_pb2.DicomSelection, _Mapping]] = ...) -> None: ...
 
 class SegmentCaseRequest(_message.Message):
     __slots__ = ("params", "chunk")
@@ -213,7 +223,7 @@ class SegmentCaseResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_volume_pb2.Progress, _Mapping]] = ..., chunk: _Optional[_Union[_volume_pb2.VolumeChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
 
 class SegmentParams(_message.Message):
-    __slots__ = ("task", "phase_paths", "disable_kidney_crop", "output", "mode")
+    __slots__ = ("task", "phase_paths", "disable_kidney_crop", "output", "mode", "dicom")
     class PhasePathsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -226,12 +236,14 @@ class SegmentParams(_message.Message):
     DISABLE_KIDNEY_CROP_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DICOM_FIELD_NUMBER: _ClassVar[int]
     task: str
     phase_paths: _containers.ScalarMap[str, str]
     disable_kidney_crop: bool
     output: _volume_pb2.OutputOptions
     mode: InferenceMode
-    def __init__(self, task: _Optional[str] = ..., phase_paths: _Optional[_Mapping[str, str]] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ...) -> None: ...
+    dicom: _volume_pb2.DicomSelection
+    def __init__(self, task: _Optional[str] = ..., phase_paths: _Optional[_Mapping[str, str]] = ..., disable_kidney_crop: _Optional[bool] = ..., output: _Optional[_Union[_volume_pb2.OutputOptions, _Mapping]] = ..., mode: _Optional[_Union[InferenceMode, str]] = ..., dicom: _Optional[_Union[_volume_pb2.DicomSelection, _Mapping]] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
     __slots__ = ("params", "chunk")

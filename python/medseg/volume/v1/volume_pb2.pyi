@@ -207,3 +207,11 @@ class OutputOptions(_message.Message):
     inline: bool
     compression: VolumeCompression
     def __init__(self, path: _Optional[str] = ..., inline: _Optional[bool] = ..., compression: _Optional[_Union[VolumeCompression, str]] = ...) -> None: ...
+
+class DicomSelection(_message.Message):
+    __slots__ = ("series_uids", "allow_non_ct")
+    SERIES_UIDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_NON_CT_FIELD_NUMBER: _ClassVar[int]
+    series_uids: _containers.RepeatedScalarFieldContainer[str]
+    allow_non_ct: bool
+    def __init__(self, series_uids: _Optional[_Iterable[str]] = ..., allow_non_ct: _Optional[bool] = ...) -> None: ...
