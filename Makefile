@@ -92,6 +92,7 @@ logs:
 
 # Set up, start the stack, run a phantom case through the whole pipeline.
 demo: setup
+	$(MAKE) --no-print-directory viewer
 	$(STACK) up
 	$(BIN)/python scripts/demo.py
 
@@ -117,6 +118,14 @@ soak:
 # stubs generated from protos/ with buf + protoc-gen-es. The integration test does the same.
 node:
 	cd clients/node && npm ci --no-audit --no-fund && npm run -s generate && npm run -s typecheck
+
+# The browser viewer (viewer/): pinned npm toolchain from package-lock.json, TypeScript stubs
+# generated from protos/ (buf + protoc-gen-es), tsc, then esbuild bundles everything into
+# viewer/dist, which every stack serves at http://127.0.0.1:8080/viewer/. The browser test
+# (tests/integration/test_viewer.py, part of `make test`) builds it the same way.
+.PHONY: viewer
+viewer:
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error && npm run -s build
 
 # Retrain the demo nnU-Net models on phantom data (slow on CPU; results are committed).
 models:

@@ -1,4 +1,5 @@
-"""The local medseg stack: Envoy + nnunet + smoothing + postprocess + case under supervisord.
+"""The local medseg stack: Envoy + nnunet + smoothing + postprocess + case (+ the viewer's HTTP
+server, behind the gateway's /viewer/) under supervisord.
 
     .venv/bin/python gateway_envoy/stack.py up [--services postprocess,smoothing] [--timeout S] [--keep]
     .venv/bin/python gateway_envoy/stack.py down
@@ -39,7 +40,10 @@ from medseg.client import Client, RetryPolicy
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 SERVICES = addresses.SERVICES
-PROGRAMS = ("envoy",) + SERVICES
+# The viewer's HTTP server (viewer/server.py) runs in every stack: Envoy routes /viewer/ to it.
+VIEWER = "viewer"
+PROGRAMS = ("envoy", VIEWER) + SERVICES
+PORT_NAMES = ("gateway", "admin", VIEWER) + SERVICES
 DEFAULT_UP_TIMEOUT = 300.0
 # Replica i of a service listens on its port + REPLICA_PORT_STEP * i (`make up`'s fixed ports).
 REPLICA_PORT_STEP = 100
@@ -120,6 +124,9 @@ def _replica_sections(text: str, service: str, ports: list[int]) -> tuple[str, l
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: connections of a stack just stopped (TIME_WAIT) do not count, a
+        # listening socket does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -144,7 +151,7 @@ class Stack:
         if unknown:
             raise StackError(f"unknown service(s) {unknown}; expected some of {list(SERVICES)}")
         self.services = tuple(s for s in SERVICES if s in set(services))
-        self.ports = {name: addresses.port(name) for name in ("gateway", "admin") + SERVICES}
+        self.ports = {name: addresses.port(name) for name in PORT_NAMES}
         self.ports.update(ports or {})
         self.extra_env = dict(extra_env or {})
         counts = {name: int(os.environ.get(f"MEDSEG_{name.upper()}_REPLICAS") or 1) for name in SERVICES}
@@ -154,7 +161,7 @@ class Stack:
         self.status_host: str | None = None  # ListModels' hosts; None: nnunet's
         self.set_replicas({**counts, **(replicas or {})})
         self.hosts = {name: os.environ.get(f"MEDSEG_{name.upper()}_HOST", "127.0.0.1")
-                      for name in SERVICES}
+                      for name in SERVICES + (VIEWER,)}
         self.logs_dir = self.run_dir / "logs"
         self.envoy_config = self.run_dir / "envoy.yaml"
         self.supervisor_config = self.run_dir / "supervisord.conf"
@@ -165,6 +172,11 @@ class Stack:
     @property
     def gateway(self) -> str:
         return f"127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def viewer_url(self) -> str:
+        """The viewer's page, through the gateway."""
+        return f"http://127.0.0.1:{self.ports['gateway']}/viewer/"
 
     @property
     def admin_url(self) -> str:
@@ -330,6 +342,17 @@ class Stack:
         except grpc.RpcError:
             return ""
 
+    def viewer_ready(self, timeout: float = 3.0) -> bool:
+        """True when the viewer's server answers through the gateway (/viewer/healthz)."""
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+        try:
+            with opener.open(self.viewer_url + "healthz", timeout=timeout) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
     def tail(self, program: str, lines: int = 40) -> str:
         path = self.log_path(program)
         if not path.exists():
@@ -345,7 +368,7 @@ class Stack:
         while True:
             elapsed = time.monotonic() - start
             states = self.processes()
-            for program in ("envoy",) + self.services:
+            for program in ("envoy", VIEWER) + self.services:
                 info = states.get(program)
                 if info and info["statename"] in ("FATAL", "EXITED", "BACKOFF"):
                     raise StackError(f"{program} is {info['statename']} after {elapsed:.0f} s "
@@ -381,10 +404,11 @@ class Stack:
                 if seen.get(name) != health[name]:
                     say(f"  {elapsed:6.1f} s  {name:<12} {health[name]}")
                     seen[name] = health[name]
-            if all(health[name] == "SERVING" for name in self.services):
+            if all(health[name] == "SERVING" for name in self.services) and self.viewer_ready():
                 return elapsed
             if elapsed > timeout:
                 waiting = [n for n in self.services if health[n] != "SERVING"]
+                waiting += [] if self.viewer_ready() else [VIEWER]
                 tails = "\n".join(f"--- {self.log_path(n)} (last lines)\n{self.tail(n)}" for n in waiting)
                 raise StackError(f"not ready after {timeout:.0f} s: {', '.join(waiting)} "
                                  f"(set MEDSEG_UP_TIMEOUT to wait longer)\n{tails}")
@@ -402,7 +426,7 @@ class Stack:
                     say(f"starting {name}")
                     self.start_program(name)
             return self.wait_ready(timeout, say)
-        wanted = {"gateway": self.ports["gateway"], "admin": self.ports["admin"],
+        wanted = {"gateway": self.ports["gateway"], "admin": self.ports["admin"], VIEWER: self.ports[VIEWER],
                   **{name: self.ports[name] for name in self.services}}
         taken = [f"{name} {port}" for name, port in wanted.items() if not port_is_free(port)]
         taken += [f"{program} {port}" for name in self.services
@@ -492,9 +516,8 @@ def temporary_stack(services: Iterable[str] = SERVICES, data_root: str | Path | 
     through the same code path as `stack.py up`, always stopped on exit. For tests and
     benchmarks; the caller's environment is not modified."""
     scratch = Path(tempfile.mkdtemp(prefix="medseg-stack-"))
-    names = ("gateway", "admin") + SERVICES
     stack = Stack(run_dir=run_dir or scratch / "run", data_root=data_root or scratch / "data",
-                  services=services, ports=dict(zip(names, free_ports(len(names)))),
+                  services=services, ports=dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)))),
                   extra_env=extra_env)
     if replicas:  # extra replicas on free ports too
         stack.set_replicas(replicas, free_ports(sum(max(0, n - 1) for n in replicas.values())))

@@ -22,14 +22,15 @@ SERVICE_NAMES = {
     "case": cases_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name,
 }
 SERVICES = tuple(SERVICE_NAMES)
+# "viewer": the viewer's HTTP server (static bundle, case files), behind the gateway's /viewer/.
 _DEFAULT_PORTS = {"gateway": 8080, "admin": 9901, "nnunet": 50051, "smoothing": 50052,
-                  "postprocess": 50053, "case": 50054}
+                  "postprocess": 50053, "case": 50054, "viewer": 50055}
 # Header a client sets on grpc.health.v1 calls so the gateway routes them to that service.
 HEALTH_ROUTE_HEADER = "x-medseg-service"
 
 
 def port(name: str) -> int:
-    """Port of 'gateway', 'admin' or a service; env MEDSEG_<NAME>_PORT overrides."""
+    """Port of 'gateway', 'admin', 'viewer' or a service; env MEDSEG_<NAME>_PORT overrides."""
     return int(os.environ.get(f"MEDSEG_{name.upper()}_PORT", _DEFAULT_PORTS[name]))
 
 

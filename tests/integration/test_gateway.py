@@ -248,7 +248,7 @@ def test_rendered_envoy_config_validates_without_warnings(tmp_path):
     assert f"port_value: {stack.ports['gateway']}" in config
     assert "address: 127.0.0.1, port_value: " + str(stack.ports["admin"]) in config
     supervisor = paths["supervisord.conf"].read_text()
-    assert supervisor.count("stopsignal=TERM") == 1 + len(SERVICE_NAMES)  # envoy + each server
+    assert supervisor.count("stopsignal=TERM") == 2 + len(SERVICE_NAMES)  # envoy + the viewer + each server
     assert f'MEDSEG_POSTPROCESS_PORT="{stack.ports["postprocess"]}"' in supervisor
 
 
