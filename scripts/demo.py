@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg import addresses
 from medseg.labels import Label
 from medseg.phantom import make_phantom
 from medseg.volumes import read_volume
@@ -90,6 +91,9 @@ def main() -> int:
     print(f"\nDone in {time.monotonic() - started:.0f}s. Outputs: {result}/ "
           "(mask.nii.gz, masks/, meshes/model.obj + .mtl + .glb, report.json, report.html).")
     print("The stack is still up: try `medseg case list` or `medseg status`; `make down` stops it.")
+    gateway = args.gateway or addresses.gateway_address()
+    print(f"\n== viewer (CT, masks, 3D models, report in the browser):\n  "
+          f"http://{gateway}/viewer/?case={report['case_id']}")
     return 0
 
 
