@@ -65,7 +65,10 @@ def test_by_reference_the_contract_chooses_the_series(nnunet, capsys):
 
     address, root = nnunet
     _, arterial, _ = write_phantom_series(root / "study" / "a", size=(48, 48, 32), seed=12, description="arterial")
-    _, portal, _ = write_phantom_series(root / "study" / "p", size=(48, 48, 32), seed=12, description="portal")
+    _, portal, files = write_phantom_series(root / "study" / "p", size=(48, 48, 32), seed=12, description="portal")
+    import shutil
+
+    shutil.copy(files[3], root / "study" / "p" / "resent.dcm")  # the same slice sent twice: dropped, noted
     uids = {read_dicom(root / "study" / name).series.description: read_dicom(root / "study" / name).series.uid
             for name in ("a", "p")}
     with Client(address, timeout=600) as client, pytest.raises(grpc.RpcError) as err:
@@ -79,3 +82,5 @@ def test_by_reference_the_contract_chooses_the_series(nnunet, capsys):
         out = client.segment_tumor(Ref("study"), inline=True)
     assert out.volumes["tumor"].same_grid(portal, tol=1e-4)
     assert out.result.info.received[0].path == "study"
+    assert list(out.result.info.notes) == ["'study': 1 duplicate slice(s) dropped (same position and pixels): "
+                                           "resent.dcm"]

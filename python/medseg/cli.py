@@ -80,6 +80,8 @@ def _print_info(info) -> None:
         where = digest.path or "inline (verified)"
         print(f"  sent     {digest.role:<9} {where:<40} sha256 {digest.sha256[:16]}…")
     print("  timings: " + ", ".join(f"{t.stage} {t.seconds:.2f}s" for t in info.timings))
+    for note in info.notes:
+        print(f"  note: {note}")
 
 
 def write_mask(client: Client, volume, target: Path, source_role: str | None = None) -> None:

@@ -20,6 +20,7 @@ import grpc
 
 from medseg import codec
 from medseg.codec import VolumeAssembler, read_nifti_header_of_file
+from medseg.serving import metrics
 from medseg.serving.config import ServerConfig
 from medseg.serving.errors import FieldError
 from medseg.serving.paths import DataRoot
@@ -32,10 +33,11 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def read_checked(path: Path, max_bytes: int, field: str, given: str | None = None,
-                 dicom: pb.DicomSelection | None = None) -> Volume:
+                 dicom: pb.DicomSelection | None = None, notes: list[str] | None = None) -> Volume:
     """Read a volume file or DICOM folder, checking a NIfTI header before decoding. Errors
     name the request field and the path as the client gave it (`given`), never the
-    server's own path. `dicom`: series choice and QC options for DICOM inputs."""
+    server's own path. `dicom`: series choice and QC options for DICOM inputs; what their
+    QC tolerated is appended to `notes`."""
     given = path.name if given is None else given
     from medseg.dicom.errors import DicomError
 
@@ -54,9 +56,15 @@ def read_checked(path: Path, max_bytes: int, field: str, given: str | None = Non
                                      available=None if gzipped else path.stat().st_size)
             if gzipped:
                 codec.check_nifti_gzip_file(path, header)
-        # DICOM (folder, DICOMDIR, zip, file): found and checked by medseg.dicom
-        return read_volume(path, series_uid=tuple(dicom.series_uids) if dicom else (),
-                           allow_non_ct=bool(dicom and dicom.allow_non_ct))
+        from medseg.dicom import looks_like_dicom_source, read_dicom
+
+        if looks_like_dicom_source(path):  # folder, DICOMDIR, zip, file: found and checked by medseg.dicom
+            read = read_dicom(path, series_uid=tuple(dicom.series_uids) if dicom else (),
+                              allow_non_ct=bool(dicom and dicom.allow_non_ct))
+            if notes is not None:
+                notes.extend(f"'{given}': {note}" for note in read.notes)
+            return read.volume
+        return read_volume(path)
     except FieldError:
         raise
     except DicomError as exc:
@@ -127,6 +135,7 @@ class StreamingCall:
         self.sent: list[pb.Digest] = []
         self.timings: list[pb.Timing] = []
         self.dicom: pb.DicomSelection | None = None
+        self.notes: list[str] = []
 
     @contextmanager
     def timed(self, stage: str):
@@ -178,7 +187,8 @@ class StreamingCall:
         if path:
             with self.timed(f"read {role}"):
                 file = self.root.input(field, path)
-                volume = read_checked(file, self.config.max_volume_bytes, field, path, dicom=self.dicom)
+                volume = read_checked(file, self.config.max_volume_bytes, field, path, dicom=self.dicom,
+                                      notes=self.notes)
             self.input_paths.append(file)
             self.received.append(pb.Digest(role=role, path=self.root.relative(file),
                                            sha256=volume.sha256(), bytes=volume.array.nbytes))
@@ -221,7 +231,11 @@ class StreamingCall:
             for stage_name, fraction, message in job.iter_progress(is_active=self.context.is_active):
                 yield self.response_cls(progress=pb.Progress(
                     stage=stage_name, fraction=fraction, message=message))
-            return job.result()
+            try:
+                return job.result()
+            finally:
+                if job.compute_seconds is not None:
+                    metrics.COMPUTE.labels(self.config.service, stage).observe(job.compute_seconds)
 
     def progress(self, stage: str, fraction: float, message: str = ""):
         return self.response_cls(progress=pb.Progress(stage=stage, fraction=fraction, message=message))
@@ -287,4 +301,4 @@ class StreamingCall:
         return written
 
     def info(self) -> pb.ResultInfo:
-        return pb.ResultInfo(received=self.received, sent=self.sent, timings=self.timings)
+        return pb.ResultInfo(received=self.received, sent=self.sent, timings=self.timings, notes=self.notes)

@@ -189,14 +189,16 @@ class OutputVolume(_message.Message):
     def __init__(self, role: _Optional[str] = ..., path: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[LabelSummary, _Mapping]]] = ...) -> None: ...
 
 class ResultInfo(_message.Message):
-    __slots__ = ("received", "sent", "timings")
+    __slots__ = ("received", "sent", "timings", "notes")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     SENT_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     received: _containers.RepeatedCompositeFieldContainer[Digest]
     sent: _containers.RepeatedCompositeFieldContainer[Digest]
     timings: _containers.RepeatedCompositeFieldContainer[Timing]
-    def __init__(self, received: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., sent: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[Timing, _Mapping]]] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, received: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., sent: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[Timing, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
     __slots__ = ("path", "inline", "compression")
