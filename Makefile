@@ -12,7 +12,7 @@ GEN_DIR := python
 DESCRIPTOR := gateway_envoy/medseg.pb
 
 
-.PHONY: setup protos protos-check test test-fast test-integration demo up down status logs bench soak node models lint clean
+.PHONY: setup protos protos-check test test-fast test-integration demo up down status logs bench eval soak node models lint clean
 STACK := $(BIN)/python gateway_envoy/stack.py
 export PYTHONPATH := $(CURDIR)
 
@@ -104,6 +104,14 @@ bench:
 	mkdir -p run && rm -f $(BENCH_RATIOS)
 	for b in $(BENCHES); do echo "== $$b"; MEDSEG_BENCH_RATIOS=$(CURDIR)/$(BENCH_RATIOS) $(BIN)/python $$b || exit 1; done
 	$(BIN)/python bench/ratios.py $(BENCH_RATIOS)
+
+# Evaluation on held-out phantom seeds (>= 20000) through a temporary stack: the whole chain and
+# each post-processing algorithm on true inputs, at 3 mm, 1.5 mm and 512x512x300; writes
+# docs/evaluation.md and docs/evaluation.json. Long (hours on 2 CPU cores at all three
+# resolutions); EVAL_ARGS="--seeds 2 --resolutions 3mm" is the small form tests/integration/test_eval.py runs.
+EVAL_ARGS ?=
+eval:
+	$(BIN)/python scripts/eval.py $(EVAL_ARGS)
 
 # Load/soak: 32 clients, mixed cheap calls through Envoy on a temporary stack (postprocess +
 # smoothing) for SOAK_SECONDS (default 600); prints calls, failures by code, p50/p99 per
