@@ -37,5 +37,6 @@ def test_small_evaluation_meets_the_targets_at_3mm(tmp_path):
     assert {row["what"] for row in data["targets"]} >= {"chain kidney Dice min", "fat fat Dice min",
                                                          "cases with a tumor piece outside the kidneys"}
     assert "| 3mm | chain kidney Dice min |" in out_md.read_text()
+    assert (tmp_path / "evaluation-dice.png").stat().st_size > 1000
     with pytest.raises(SystemExit):  # evaluation seeds never overlap the development ones
         evaluation.main(["--first-seed", "100"])
