@@ -100,3 +100,18 @@ def test_pacs_credentials_come_from_the_environment():
         pacs_auth("u", environ={})
     with pytest.raises(DicomError, match="not both"):
         pacs_auth("u", bearer=True, environ={})
+
+
+def test_phantom_command_writes_a_dicom_study_the_rules_assign(tmp_path, capsys):
+    from medseg.cli import main
+
+    assert main(["phantom", str(tmp_path / "p"), "--size", "24", "24", "8", "--dicom"]) == 0
+    assert "DICOM series" in capsys.readouterr().out
+    series = list_series(tmp_path / "p" / "dicom")
+    assert len({s.study_uid for s in series}) == 1
+    chosen, _ = assign_phases(series)
+    assert set(chosen) == {"arterial", "portal", "delayed"}
+    with study_case(tmp_path / "p" / "dicom") as study:
+        for phase in chosen:
+            nifti = read_volume(tmp_path / "p" / f"{phase}.nii.gz")
+            assert np.array_equal(read_volume(study.files[phase]).array, nifti.array)

@@ -145,6 +145,11 @@ def cmd_phantom(client, args) -> int:
                         seed=args.seed)
     for name, path in case.write(args.output).items():
         print(f"{name:<9} {path}")
+    if args.dicom:
+        from medseg.dicom.write import write_study
+
+        for phase, folder in write_study(case.phases, Path(args.output) / "dicom").items():
+            print(f"{phase:<9} {folder}/ (DICOM series)")
     return 0
 
 
@@ -598,6 +603,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=3, default=(128, 128, 96), metavar=("X", "Y", "Z"))
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dicom", action="store_true",
+                   help="also write the phases as CT series of one study under OUTPUT/dicom/")
     p.set_defaults(func=cmd_phantom, offline=True)
 
     p = sub.add_parser("measure", help="per-label volume, boxes, components, diameter")

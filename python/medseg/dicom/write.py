@@ -91,3 +91,23 @@ def write_series(volume: Volume, folder: str | Path, name: str = "IM{:04d}.dcm",
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+# Series descriptions and acquisition times of a phantom study: what medseg.dicom.phases reads.
+STUDY_SERIES = {"arterial": ("Abdomen arterial 3.0", "120130"), "portal": ("Abdomen portal venous 3.0", "120210"),
+                "delayed": ("Abdomen delayed excretory 3.0", "120800")}
+
+
+def write_study(phases: dict[str, Volume], folder: str | Path, **attributes) -> dict[str, Path]:
+    """Each phase as a CT series of one study (same Study and Frame of Reference UIDs) under
+    folder/<phase>/, described so the phase rules assign them; returns phase -> folder."""
+    folder = Path(folder)
+    study_uid, frame_of_reference_uid = _uid(), _uid()
+    written = {}
+    for number, (phase, volume) in enumerate(phases.items(), start=2):
+        description, time = STUDY_SERIES.get(phase, (phase, "120000"))
+        write_series(volume, folder / phase, study_uid=study_uid, frame_of_reference_uid=frame_of_reference_uid,
+                     description=description, series_number=number, contrast="IOHEXOL 350",
+                     acquisition_time=time, **attributes)
+        written[phase] = folder / phase
+    return written
