@@ -310,6 +310,28 @@ def test_2d_view_shows_the_mask_in_the_convention_colours(browser, opened_case, 
     assert active.is_selected()
 
 
+def test_each_phase_is_shown(browser, opened_case):
+    """The phase radio group, by keyboard: another phase replaces the CT under the mask."""
+    from selenium.webdriver.common.keys import Keys
+
+    before = image(browser.find_element("id", "view2d").screenshot_as_png)
+    portal = browser.find_element("id", "phase-portal")
+    assert portal.is_selected()
+    portal.send_keys(Keys.ARROW_RIGHT)  # moves the choice to the next phase, as radios do
+    arterial = browser.find_element("id", "phase-arterial")
+    assert arterial.is_selected()
+    wait_for(lambda: "Arterial phase shown" in browser.find_element("id", "status").text, 30, "the arterial phase")
+    time.sleep(0.3)
+    after = image(browser.find_element("id", "view2d").screenshot_as_png)
+    changed = np.any(np.abs(after - before) > 8, axis=-1).mean()
+    assert changed > 0.02, f"only {changed:.1%} of the slices changed with the phase"
+    # The mask stays on top: the tumor colour is still at the crosshair.
+    for centre in crosshair_centres(after):
+        assert near(around(after, centre), rgb(Label.TUMOR)).mean() > 0.8
+    arterial.send_keys(Keys.ARROW_LEFT)
+    wait_for(lambda: "Portal venous phase shown" in browser.find_element("id", "status").text, 30, "the portal phase")
+
+
 def test_findings_jump_to_their_box(browser, opened_case):
     from selenium.webdriver.common.keys import Keys
 
