@@ -344,3 +344,12 @@ def test_single_classic_file_asks_for_the_folder(tmp_path):
     files = stack_of("CT_small.dcm", tmp_path / "s", n=3)
     with pytest.raises(DicomError, match="single DICOM file holding one slice: give the folder"):
         read_dicom(files[0])
+
+
+def test_a_series_over_the_byte_limit_is_refused_before_decoding(tmp_path):
+    from medseg.codec import VolumeTooLarge
+
+    stack_of("CT_small.dcm", tmp_path / "s", n=4)
+    with pytest.raises(VolumeTooLarge, match=r"128x128x4 voxels need 262144 bytes"):
+        read_dicom(tmp_path / "s", max_bytes=100_000)
+    assert read_dicom(tmp_path / "s", max_bytes=262_144).volume.size == (128, 128, 4)

@@ -45,10 +45,13 @@ def list_series(source: str | Path) -> list[Series]:
         return scan(files)
 
 
-def read_dicom(source: str | Path, series_uid: str | Collection[str] = "", allow_non_ct: bool = False) -> DicomRead:
+def read_dicom(source: str | Path, series_uid: str | Collection[str] = "", allow_non_ct: bool = False,
+               max_bytes: int | None = None) -> DicomRead:
     """Discover, choose (`series_uid`, or the only series), check and read a series.
 
-    allow_non_ct: research override of the modality and HU-plausibility rules."""
+    allow_non_ct: research override of the modality and HU-plausibility rules.
+    max_bytes: refuse (medseg.codec.VolumeTooLarge) before decoding a series whose voxels
+    would need more (at 4 bytes a voxel, the widest a rescaled series takes)."""
     with dicom_files(Path(source)) as files:
         if not files:
             raise DicomError("holds no files (an empty folder, or a DICOMDIR that references none)")
@@ -59,5 +62,13 @@ def read_dicom(source: str | Path, series_uid: str | Collection[str] = "", allow
         if Path(source).is_file() and not series.enhanced and len(series.frames) == 1:
             raise DicomError("is a single DICOM file holding one slice: give the folder holding the whole series")
         checked = check(series, allow_non_ct)
+        if max_bytes is not None:
+            first = checked.frames[0]
+            needed = first.rows * first.columns * len(checked.frames) * 4
+            if needed > max_bytes:
+                from medseg.codec import VolumeTooLarge
+
+                raise VolumeTooLarge(f"series {series.uid}: {first.columns}x{first.rows}x{len(checked.frames)} "
+                                     f"voxels need {needed} bytes, over the limit of {max_bytes}")
         volume = to_volume(checked, allow_non_ct)  # pixels read while the files exist
     return DicomRead(volume=volume, series=series, checked=checked, notes=checked.notes)

@@ -9,6 +9,7 @@ ImagePositionPatient of the first, spacing from the positions (never SliceThickn
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,7 +383,7 @@ def check(series: Series, allow_non_ct: bool = False) -> CheckedSeries:
 
 
 # ---------------------------------------------------------------------------------- pixels
-_PIXEL_CACHE: dict[Path, np.ndarray] = {}
+_CACHE = threading.local()  # the last multi-frame file decoded, per thread (servers read in several)
 
 
 def _pixels(frame: Frame) -> np.ndarray:
@@ -391,12 +392,10 @@ def _pixels(frame: Frame) -> np.ndarray:
     try:
         if frame.index is None:
             return pydicom.dcmread(frame.file).pixel_array
-        array = _PIXEL_CACHE.get(frame.file)
-        if array is None:
-            array = pydicom.dcmread(frame.file).pixel_array
-            _PIXEL_CACHE.clear()
-            _PIXEL_CACHE[frame.file] = array
-        return array[frame.index]
+        cached = getattr(_CACHE, "frames", None)
+        if cached is None or cached[0] != frame.file:
+            cached = _CACHE.frames = (frame.file, pydicom.dcmread(frame.file).pixel_array)
+        return cached[1][frame.index]
     except Exception as exc:  # noqa: BLE001 - a decoder missing or a broken file: say which
         raise DicomError(f"pixels of {frame.where} cannot be decoded ({exc})") from None
 
@@ -418,7 +417,7 @@ def read_pixels(checked: CheckedSeries) -> np.ndarray:
     """(z, y, x) values after RescaleSlope/Intercept: int16 when every value stays an
     integer in range (CT), else float32."""
     stored = np.stack([_pixels(f) for f in checked.frames])
-    _PIXEL_CACHE.clear()
+    _CACHE.frames = None
     slopes = np.array([f.slope for f in checked.frames])
     intercepts = np.array([f.intercept for f in checked.frames])
     if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):

@@ -60,7 +60,7 @@ def read_checked(path: Path, max_bytes: int, field: str, given: str | None = Non
 
         if looks_like_dicom_source(path):  # folder, DICOMDIR, zip, file: found and checked by medseg.dicom
             read = read_dicom(path, series_uid=tuple(dicom.series_uids) if dicom else (),
-                              allow_non_ct=bool(dicom and dicom.allow_non_ct))
+                              allow_non_ct=bool(dicom and dicom.allow_non_ct), max_bytes=max_bytes)
             if notes is not None:
                 notes.extend(f"'{given}': {note}" for note in read.notes)
             return read.volume
