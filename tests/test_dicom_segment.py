@@ -84,3 +84,30 @@ def test_by_reference_the_contract_chooses_the_series(nnunet, capsys):
     assert out.result.info.received[0].path == "study"
     assert list(out.result.info.notes) == ["'study': 1 duplicate slice(s) dropped (same position and pixels): "
                                            "resent.dcm"]
+    # OutputOptions: a .dcm path (or format DICOM_SEG) is written by the server as a SEG on that series
+    from medseg.volume.v1 import volume_pb2 as vpb
+
+    with Client(address, timeout=600, dicom=DicomReading(series_uids=(uids["portal"],))) as client:
+        by_path = client.segment_tumor(Ref("study"), output="out/tumor.dcm")
+    assert by_path.result.outputs[0].path == "out/tumor.dcm"
+    portal_read = read_dicom(root / "study" / "p")
+    seg = read_seg(root / "out" / "tumor.dcm", portal_read)
+    assert np.array_equal(seg.array, out.volumes["tumor"].array)
+    import pydicom
+
+    written = pydicom.dcmread(root / "out" / "tumor.dcm")
+    assert written.ReferencedSeriesSequence[0].SeriesInstanceUID == uids["portal"]
+    assert written.StudyInstanceUID == portal_read.series.study_uid
+    sent = {d.path: d.sha256 for d in by_path.result.info.sent}
+    import hashlib
+
+    assert sent["out/tumor.dcm"] == hashlib.sha256((root / "out" / "tumor.dcm").read_bytes()).hexdigest()
+    # the explicit option: a name without .dcm, format DICOM_SEG, in a raw request
+    from medseg.nnunet.v1 import nnunet_pb2 as nn
+
+    params = nn.SegmentTumorParams(ct_path="study", dicom=vpb.DicomSelection(series_uids=[uids["portal"]]),
+                                   output=vpb.OutputOptions(path="out/tumor_seg", format=vpb.OUTPUT_FORMAT_DICOM_SEG))
+    with Client(address, timeout=600) as client:
+        replies = list(client.nnunet.SegmentTumor(iter([nn.SegmentTumorRequest(params=params)]), timeout=600))
+    assert replies[-1].result.outputs[0].path == "out/tumor_seg"
+    assert np.array_equal(read_seg(root / "out" / "tumor_seg", portal_read).array, out.volumes["tumor"].array)

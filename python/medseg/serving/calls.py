@@ -22,7 +22,7 @@ from medseg import codec
 from medseg.codec import VolumeAssembler, read_nifti_header_of_file
 from medseg.serving import metrics
 from medseg.serving.config import ServerConfig
-from medseg.serving.errors import FieldError
+from medseg.serving.errors import FieldError, Unsupported
 from medseg.serving.paths import DataRoot
 from medseg.summary import summarize_labels
 from medseg.serving.work import WorkQueue
@@ -33,11 +33,12 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def read_checked(path: Path, max_bytes: int, field: str, given: str | None = None,
-                 dicom: pb.DicomSelection | None = None, notes: list[str] | None = None) -> Volume:
+                 dicom: pb.DicomSelection | None = None, notes: list[str] | None = None,
+                 reads: list | None = None) -> Volume:
     """Read a volume file or DICOM folder, checking a NIfTI header before decoding. Errors
     name the request field and the path as the client gave it (`given`), never the
     server's own path. `dicom`: series choice and QC options for DICOM inputs; what their
-    QC tolerated is appended to `notes`."""
+    QC tolerated is appended to `notes`, the medseg.dicom.DicomRead itself to `reads`."""
     given = path.name if given is None else given
     from medseg.dicom.errors import DicomError
 
@@ -63,6 +64,8 @@ def read_checked(path: Path, max_bytes: int, field: str, given: str | None = Non
                               allow_non_ct=bool(dicom and dicom.allow_non_ct), max_bytes=max_bytes)
             if notes is not None:
                 notes.extend(f"'{given}': {note}" for note in read.notes)
+            if reads is not None:
+                reads.append(read)
             return read.volume
         return read_volume(path)
     except FieldError:
@@ -107,6 +110,12 @@ def _result_encoding(volume: Volume) -> str:
     return "gzip+packed" if codec.packed_bits(volume.array) else "gzip"
 
 
+def _is_seg(output: pb.OutputOptions, path: str) -> bool:
+    if output.format == pb.OUTPUT_FORMAT_DICOM_SEG:
+        return True
+    return output.format == pb.OUTPUT_FORMAT_UNSPECIFIED and path.lower().endswith(".dcm")
+
+
 def _file_digest(name: str, data: bytes, path: str) -> pb.Digest:
     return pb.Digest(role=name, path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -136,6 +145,7 @@ class StreamingCall:
         self.timings: list[pb.Timing] = []
         self.dicom: pb.DicomSelection | None = None
         self.notes: list[str] = []
+        self.dicom_reads: list = []
 
     @contextmanager
     def timed(self, stage: str):
@@ -187,8 +197,10 @@ class StreamingCall:
         if path:
             with self.timed(f"read {role}"):
                 file = self.root.input(field, path)
+                reads: list = []
                 volume = read_checked(file, self.config.max_volume_bytes, field, path, dicom=self.dicom,
-                                      notes=self.notes)
+                                      notes=self.notes, reads=reads)
+                self.dicom_reads.extend(reads)  # sources a DICOM-SEG output may reference
             self.input_paths.append(file)
             self.received.append(pb.Digest(role=role, path=self.root.relative(file),
                                            sha256=volume.sha256(), bytes=volume.array.nbytes))
@@ -258,7 +270,13 @@ class StreamingCall:
         path = output.path or ("" if self.wants_inline(output) else self.default_output(suffix))
         digest = volume.sha256()
         written = ""
-        if path:
+        if path and _is_seg(output, path):
+            with self.timed(f"write {role}"):
+                target = self.root.output(field, path)
+                data = self._write_seg(volume, target, suffix)
+            written = self.root.relative(target)
+            self.sent.append(_file_digest(role, data, written))
+        elif path:
             with self.timed(f"write {role}"):
                 target = self.root.output(field, path)
                 write_volume(volume, target)
@@ -275,6 +293,16 @@ class StreamingCall:
                     yield self.response_cls(**{self.chunk_field: chunk})
             self.sent.append(pb.Digest(role=role, sha256=digest, bytes=volume.array.nbytes))
         return pb.OutputVolume(role=role, path=written, labels=summarize(volume))
+
+    def _write_seg(self, volume: Volume, target: Path, operation: str) -> bytes:
+        """The mask as DICOM-SEG, referencing the DICOM input whose grid it is on (if any)."""
+        try:
+            from medseg.dicom.seg import write_seg
+        except ImportError:
+            raise Unsupported("DICOM-SEG output needs highdicom on the server (pip install 'medseg[dicom]')") from None
+        source = next((r for r in self.dicom_reads if not r.resampled and r.volume.same_grid(volume, tol=1e-3)), None)
+        write_seg(volume, target, read=source, algorithm=f"medseg {operation}")
+        return target.read_bytes()
 
     def deliver_files(self, encode, path: str, inline: bool, field: str = "params.output_path",
                       stem: str = ""):

@@ -40,6 +40,12 @@ class VolumeCompression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VOLUME_COMPRESSION_UNSPECIFIED: _ClassVar[VolumeCompression]
     VOLUME_COMPRESSION_GZIP: _ClassVar[VolumeCompression]
+
+class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_FORMAT_UNSPECIFIED: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_VOLUME: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_DICOM_SEG: _ClassVar[OutputFormat]
 LABEL_UNSPECIFIED: Label
 LABEL_KIDNEY: Label
 LABEL_TUMOR: Label
@@ -61,6 +67,9 @@ VOLUME_ENCODING_RAW: VolumeEncoding
 VOLUME_ENCODING_NIFTI: VolumeEncoding
 VOLUME_COMPRESSION_UNSPECIFIED: VolumeCompression
 VOLUME_COMPRESSION_GZIP: VolumeCompression
+OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
+OUTPUT_FORMAT_VOLUME: OutputFormat
+OUTPUT_FORMAT_DICOM_SEG: OutputFormat
 LABEL_NAME_FIELD_NUMBER: _ClassVar[int]
 label_name: _descriptor.FieldDescriptor
 LABEL_COLOR_FIELD_NUMBER: _ClassVar[int]
@@ -201,14 +210,16 @@ class ResultInfo(_message.Message):
     def __init__(self, received: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., sent: _Optional[_Iterable[_Union[Digest, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[Timing, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("path", "inline", "compression")
+    __slots__ = ("path", "inline", "compression", "format")
     PATH_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     path: str
     inline: bool
     compression: VolumeCompression
-    def __init__(self, path: _Optional[str] = ..., inline: _Optional[bool] = ..., compression: _Optional[_Union[VolumeCompression, str]] = ...) -> None: ...
+    format: OutputFormat
+    def __init__(self, path: _Optional[str] = ..., inline: _Optional[bool] = ..., compression: _Optional[_Union[VolumeCompression, str]] = ..., format: _Optional[_Union[OutputFormat, str]] = ...) -> None: ...
 
 class DicomSelection(_message.Message):
     __slots__ = ("series_uids", "allow_non_ct")
