@@ -63,7 +63,7 @@ def _pacs_error(exc: Exception, url: str, what: str) -> DicomError:
 
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         status = exc.response.status_code
-        hint = {401: " (authentication failed: check --pacs-user and MEDSEG_PACS_PASSWORD, or MEDSEG_PACS_TOKEN)",
+        hint = {401: " (authentication failed: check --pacs-user and MEDSEG_PACS_PASSWORD, or --pacs-bearer and MEDSEG_PACS_TOKEN)",
                 403: " (not allowed for these credentials)", 404: " (not found)"}.get(status, "")
         return DicomError(f"PACS {shown_url(url)} answered HTTP {status} to {what}{hint}")
     if isinstance(exc, requests.RequestException):
