@@ -163,12 +163,25 @@ async function submit(): Promise<void> {
 
 document.getElementById("refresh")!.addEventListener("click", () => void refresh().catch((err) => say(`could not list the jobs: ${errorText(err)}`, true)));
 
+// Jobs submitted elsewhere appear without a reload; running ones are followed by WatchCase.
+const LIST_EVERY_MS = 15000;
+
 async function main(): Promise<void> {
   try {
     await refresh();
   } catch (err) {
     say(`could not list the jobs: ${errorText(err)}`, true);
   }
+  setInterval(() => void cases.listCases({ pageSize: 50 }).then((reply) => {
+    for (const job of [...reply.jobs].reverse()) {
+      if (!jobs.has(job.jobId)) {
+        renderJob(job);
+        jobsBody.prepend(jobsBody.querySelector(`tr[data-job-id="${CSS.escape(job.jobId)}"]`)!);
+      } else if (!watching.has(job.jobId)) {
+        renderJob(job);
+      }
+    }
+  }).catch(() => { /* the next round or the Refresh button says more */ }), LIST_EVERY_MS);
   const wanted = new URLSearchParams(window.location.search).get("case");
   if (wanted) await openCase(wanted);
 }
