@@ -423,8 +423,10 @@ def cmd_case_run(client: Client, args) -> int:
     print(f"job {job.job_id} submitted", file=sys.stderr)
     code = _case_follow(cases, job.job_id, args)
     if code == 0:
-        for path in cases.fetch(job.job_id, args.output or job.job_id):
+        written = cases.fetch(job.job_id, args.output or job.job_id)
+        for path in written:
             print(f"written: {path}")
+        _label_sidecars(client, Path(args.output or job.job_id), written)
     return code
 
 
@@ -452,8 +454,10 @@ def _case_run_study(client: Client, args) -> int:
         if code != 0:
             return code
         folder = Path(args.output or job.job_id)
-        for path in cases.fetch(job.job_id, folder):
+        written = cases.fetch(job.job_id, folder)
+        for path in written:
             print(f"written: {path}")
+        _label_sidecars(client, folder, written)
         phase, read = study.seg_source()
         seg = write_seg(read_volume(folder / "mask.nii.gz", labels=convention_table()), folder / "mask.dcm", read,
                         algorithm="medseg case")
@@ -494,9 +498,36 @@ def cmd_case_cancel(client: Client, args) -> int:
     return 0
 
 
+def _label_sidecars(client: Client, folder: Path, written: list[Path]) -> None:
+    """NAME.labels.json beside the fetched masks (NIfTI keeps no names): mask.nii.gz is in
+    the convention, masks/<task>.nii.gz in its task's table (ListModels), so `medseg measure`
+    reads them by name later."""
+    from medseg.labelfiles import write_sidecar
+    from medseg.labels import convention_table
+
+    tables = None
+    for path in written:
+        relative = path.relative_to(folder).as_posix()
+        if relative == "mask.nii.gz":
+            write_sidecar(path, convention_table())
+        elif relative.startswith("masks/") and relative.endswith(".nii.gz"):
+            if tables is None:
+                try:
+                    tables = {nn.Task.Name(m.task).removeprefix("TASK_").lower(): {e.value: e.name for e in m.labels}
+                              for m in client.list_models().models}
+                except grpc.RpcError as exc:  # the outputs are fetched; only their names are missing
+                    print(f"note: no label tables beside masks/ ({exc.code().name} from ListModels)", file=sys.stderr)
+                    tables = {}
+            table = tables.get(relative.removeprefix("masks/").removesuffix(".nii.gz"))
+            if table:
+                write_sidecar(path, table)
+
+
 def cmd_case_fetch(client: Client, args) -> int:
-    for path in _case_client(client).fetch(args.job_id, args.output, include_work=args.work):
+    written = _case_client(client).fetch(args.job_id, args.output, include_work=args.work)
+    for path in written:
         print(f"written: {path}")
+    _label_sidecars(client, Path(args.output), written)
     return 0
 
 

@@ -171,6 +171,13 @@ def test_case_run_pulls_the_study_and_stores_the_seg_back(orthanc, study, case_s
     assert back.same_grid(mask, tol=1e-4) and np.array_equal(back.array, mask.array)
     assert {"kidney", "tumor"} <= set(back.labels.values())
     assert (out / "mask.dcm").exists() and (out / "report.json").exists()
+    # the fetched masks keep their tables: measured by name without --labels
+    total = read_volume(out / "masks" / "total.nii.gz")
+    assert total.labels and "spleen" in total.labels.values()
+    assert read_volume(out / "mask.nii.gz").labels[1] == "kidney"
+    measured = _medseg(["--quiet", "--gateway", case_stack.gateway, "measure", str(out / "masks" / "total.nii.gz")],
+                       {})
+    assert measured.returncode == 0 and "spleen" in measured.stdout, measured.stdout + measured.stderr
 
 
 def test_single_task_from_a_dicomweb_url_stores_its_seg(orthanc, study, case_stack, tmp_path):
