@@ -153,9 +153,10 @@ export class CaseView {
     const canvas2d = el("canvas", { id: "view2d", tabIndex: 0 });
     canvas2d.setAttribute("role", "img");
     canvas2d.setAttribute("aria-label", "CT slices (axial, coronal, sagittal) with the mask; arrow keys and Page Up/Down move the crosshair");
-    const canvas3d = el("canvas", { id: "view3d", tabIndex: 0 });
+    // Not a tab stop: the buttons above it turn and zoom it from the keyboard.
+    const canvas3d = el("canvas", { id: "view3d" });
     canvas3d.setAttribute("role", "img");
-    canvas3d.setAttribute("aria-label", "3D models of the structures; drag to orbit, wheel to zoom");
+    canvas3d.setAttribute("aria-label", "3D models of the structures; drag to orbit, wheel to zoom (or the view buttons)");
     this.location = el("p", { id: "location", className: "location" });
     this.location.setAttribute("aria-live", "polite");
 
