@@ -115,3 +115,13 @@ def test_phantom_command_writes_a_dicom_study_the_rules_assign(tmp_path, capsys)
         for phase in chosen:
             nifti = read_volume(tmp_path / "p" / f"{phase}.nii.gz")
             assert np.array_equal(read_volume(study.files[phase]).array, nifti.array)
+
+
+def test_case_run_with_a_broken_local_study_exits_1_before_any_call(tmp_path, case, capsys):
+    from medseg.cli import main
+
+    _study(tmp_path / "study", case, [("portal", "Topogram", "", "115900", ("ORIGINAL", "PRIMARY", "LOCALIZER"))])
+    assert main(["--quiet", "--gateway", "127.0.0.1:1", "case", "run", "--study-dir", str(tmp_path / "study")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read study '{tmp_path / 'study'}'" in err and "no contrast CT series" in err
+    assert "UNAVAILABLE" not in err

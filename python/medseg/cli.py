@@ -439,11 +439,22 @@ def _case_run_study(client: Client, args) -> int:
     from medseg.labels import convention_table
     from medseg.volumes import read_volume
 
+    from contextlib import ExitStack
+
+    from medseg.dicom import DicomError
+
     overrides = dict(item.split("=", 1) for item in args.phase or [] if "=" in item)
     auth = pacs_auth(args.pacs_user, args.pacs_bearer)
-    with study_case(args.study_dir, pacs=args.pacs or "", study_uid=args.study or "", auth=auth,
-                    overrides=overrides, allow_non_ct=args.allow_non_ct,
-                    on_note=lambda note: print(f"note: {note}", file=sys.stderr)) as study:
+    scope = ExitStack()
+    try:
+        study = scope.enter_context(study_case(
+            args.study_dir, pacs=args.pacs or "", study_uid=args.study or "", auth=auth, overrides=overrides,
+            allow_non_ct=args.allow_non_ct, on_note=lambda note: print(f"note: {note}", file=sys.stderr)))
+    except DicomError as exc:
+        if args.pacs:
+            raise  # the PACS or its study: exit 2 like any failed call
+        raise LocalInputError("study", args.study_dir, exc.reason) from None  # nothing sent: exit 1
+    with scope:
         for line in study.lines:
             print(f"phase {line}")
         for phase, path in study.files.items():
