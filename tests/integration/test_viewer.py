@@ -397,8 +397,14 @@ def test_downloads_are_the_jobs_outputs(browser, opened_case, case_stack):
             assert hashlib.sha256(body).hexdigest() == output.sha256, output.name
 
 
-def test_no_console_errors(browser, opened_case):
+def test_no_console_errors_and_nothing_from_elsewhere(browser, opened_case, case_stack):
     assert console_errors(browser) == []
+    # Everything the page loaded (bundle, calls, volumes, meshes, report) came from the gateway:
+    # no CDN, no other host.
+    urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    origin = case_stack.viewer_url.split("/viewer/")[0]
+    assert urls and all(url.startswith(origin + "/") for url in urls), [u for u in urls if not u.startswith(origin)]
+    assert any("/medseg.cases.v1.CaseService/GetCase" in url for url in urls)
 
 
 def test_case_files_only_by_job_and_listed_name(case_stack, opened_case):
