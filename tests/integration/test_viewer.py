@@ -427,3 +427,21 @@ def test_case_files_only_by_job_and_listed_name(case_stack, opened_case):
         assert str(case_stack.data_root) not in body and "/work" not in body and "error" in json.loads(body)
     portal = urllib.request.urlopen(f"{base}cases/{job.job_id}/phases/portal", timeout=10).read()
     assert hashlib.sha256(portal).hexdigest() == next(i.sha256 for i in job.inputs if i.phase == "portal")
+
+
+def test_a_bad_upload_is_refused_with_its_reason(browser, case_stack, tmp_path):
+    """Not a NIfTI volume: UploadVolume's INVALID_ARGUMENT comes back through gRPC-Web to the
+    page (code and reason, no server path), and no job is made."""
+    bad = tmp_path / "not-a-volume.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file\n" * 64)
+    browser.get(case_stack.viewer_url)
+    wait_for(lambda: "job(s)" in browser.find_element("id", "status").text, 30, "the job list")
+    rows = len(browser.find_elements("css selector", "#jobs tbody tr"))
+    browser.find_element("id", "file-portal").send_keys(str(bad))
+    browser.find_element("id", "submit").click()
+    status = browser.find_element("id", "status")
+    wait_for(lambda: "could not start the job" in status.text, 30, "the refusal")
+    assert "InvalidArgument" in status.text and "error" in status.get_attribute("class"), status.text
+    assert str(case_stack.data_root) not in status.text
+    assert len(browser.find_elements("css selector", "#jobs tbody tr")) == rows
+    assert console_errors(browser) == []
