@@ -68,6 +68,11 @@ $(BUF):
 k8s-validate:
 	$(BIN)/python scripts/k8s.py validate
 
+# Development CA + gateway and client certificates for MEDSEG_GATEWAY_TLS=tls|mtls (run/certs;
+# see scripts/dev_certs.py and the README for real ones).
+certs:
+	$(BIN)/python scripts/dev_certs.py run/certs
+
 # Regenerate deploy/k8s's Envoy ConfigMap from gateway_envoy/envoy.yaml.in (after editing it).
 k8s-envoy:
 	$(BIN)/python scripts/k8s.py envoy

@@ -21,6 +21,7 @@ port MEDSEG_<SERVICE>_PORT + 100·i; Envoy balances over all of them).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ import tempfile
 import time
 import xmlrpc.client
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -43,12 +45,80 @@ SERVICES = addresses.SERVICES
 # The viewer's HTTP server (viewer/server.py) runs in every stack: Envoy routes /viewer/ to it.
 VIEWER = "viewer"
 PROGRAMS = ("envoy", VIEWER) + SERVICES
-PORT_NAMES = ("gateway", "admin", VIEWER) + SERVICES
+PORT_NAMES = ("gateway", "admin", "metrics", VIEWER) + SERVICES  # metrics: Envoy's /stats/prometheus
 DEFAULT_UP_TIMEOUT = 300.0
 # Replica i of a service listens on its port + REPLICA_PORT_STEP * i (`make up`'s fixed ports).
 REPLICA_PORT_STEP = 100
 # supervisord's wait before SIGKILL: above the servers' drain + grace (6 s + 10 s by default).
 STOP_WAIT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class GatewayTls:
+    """The gateway listener's security. mode "off" (plaintext h2c), "tls" (server certificate)
+    or "mtls" (clients must present a certificate signed by `ca`). `ca` is also what the
+    stack's own clients trust; `client_cert`/`client_key` are theirs in mtls (the case service
+    gets them as MEDSEG_TLS_*). Env: MEDSEG_GATEWAY_TLS, MEDSEG_GATEWAY_CERT, MEDSEG_GATEWAY_KEY,
+    MEDSEG_GATEWAY_CA, MEDSEG_TLS_CERT, MEDSEG_TLS_KEY; `make certs` writes development ones."""
+
+    mode: str = "off"
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> "GatewayTls":
+        def path(name: str) -> Path | None:
+            value = os.environ.get(name)
+            return Path(value).resolve() if value else None
+
+        return cls(os.environ.get("MEDSEG_GATEWAY_TLS", "off") or "off", path("MEDSEG_GATEWAY_CERT"),
+                   path("MEDSEG_GATEWAY_KEY"), path("MEDSEG_GATEWAY_CA"), path("MEDSEG_TLS_CERT"),
+                   path("MEDSEG_TLS_KEY"))
+
+    def check(self) -> None:
+        if self.mode not in ("off", "tls", "mtls"):
+            raise StackError(f"MEDSEG_GATEWAY_TLS must be off, tls or mtls, not {self.mode!r}")
+        needed = {"tls": ("cert", "key", "ca"), "mtls": ("cert", "key", "ca", "client_cert", "client_key")}
+        for name in needed.get(self.mode, ()):
+            value = getattr(self, name)
+            if value is None or not Path(value).is_file():
+                raise StackError(f"gateway TLS mode {self.mode}: {name} file missing ({value}); run `make certs` "
+                                 f"or set MEDSEG_GATEWAY_CERT/KEY/CA and MEDSEG_TLS_CERT/KEY")
+
+    def transport_socket(self) -> str:
+        """The listener's transport_socket lines ('' in plaintext mode)."""
+        if self.mode == "off":
+            return ""
+        lines = ["      transport_socket:",
+                 "        name: envoy.transport_sockets.tls",
+                 "        typed_config:",
+                 '          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
+                 f"          require_client_certificate: {str(self.mode == 'mtls').lower()}",
+                 "          common_tls_context:",
+                 "            alpn_protocols: [h2, http/1.1]",
+                 "            tls_params: { tls_minimum_protocol_version: TLSv1_2 }",
+                 f"            tls_certificates: [{{ certificate_chain: {{ filename: {json.dumps(str(self.cert))} }}, "
+                 f"private_key: {{ filename: {json.dumps(str(self.key))} }} }}]"]
+        if self.mode == "mtls":
+            lines.append(f"            validation_context: {{ trusted_ca: {{ filename: {json.dumps(str(self.ca))} }} }}")
+        return "\n".join(lines)
+
+    def client(self):
+        """What the stack's own clients use (None: plaintext)."""
+        from medseg.client import ClientTls
+
+        if self.mode == "off":
+            return None
+        return ClientTls(self.ca, self.client_cert, self.client_key)
+
+    def client_env(self) -> dict[str, str]:
+        out = {} if self.mode == "off" else {"MEDSEG_TLS_CA": str(self.ca)}
+        if self.mode == "mtls":
+            out.update(MEDSEG_TLS_CERT=str(self.client_cert), MEDSEG_TLS_KEY=str(self.client_key))
+        return out
 
 
 class StackError(RuntimeError):
@@ -141,7 +211,8 @@ class Stack:
 
     def __init__(self, run_dir: str | Path | None = None, data_root: str | Path | None = None,
                  services: Iterable[str] | None = None, ports: dict[str, int] | None = None,
-                 extra_env: dict[str, str] | None = None, replicas: dict[str, int] | None = None):
+                 extra_env: dict[str, str] | None = None, replicas: dict[str, int] | None = None,
+                 tls: GatewayTls | None = None):
         self.run_dir = Path(run_dir or os.environ.get("MEDSEG_RUN_DIR") or REPO_ROOT / "run").resolve()
         self.data_root = Path(data_root or os.environ.get("MEDSEG_DATA_ROOT") or REPO_ROOT / "data").resolve()
         if services is None:
@@ -158,6 +229,7 @@ class Stack:
         # Envoy's view of the servers: fixed addresses on loopback here; kubernetes_envoy_config
         # switches to DNS names.
         self.cluster_type, self.listen_address = "STATIC", "127.0.0.1"
+        self.tls = tls or GatewayTls.from_env()
         self.status_host: str | None = None  # ListModels' hosts; None: nnunet's
         self.set_replicas({**counts, **(replicas or {})})
         self.hosts = {name: os.environ.get(f"MEDSEG_{name.upper()}_HOST", "127.0.0.1")
@@ -176,7 +248,8 @@ class Stack:
     @property
     def viewer_url(self) -> str:
         """The viewer's page, through the gateway."""
-        return f"http://127.0.0.1:{self.ports['gateway']}/viewer/"
+        scheme = "http" if self.tls.mode == "off" else "https"
+        return f"{scheme}://127.0.0.1:{self.ports['gateway']}/viewer/"
 
     @property
     def admin_url(self) -> str:
@@ -229,6 +302,7 @@ class Stack:
         env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1",
                "MEDSEG_DATA_ROOT": str(self.data_root)}
         env.update({f"MEDSEG_{name.upper()}_PORT": str(port) for name, port in self.ports.items()})
+        env.update(self.tls.client_env())  # the case service calls through the gateway too
         env.update(self.extra_env)
         return env
 
@@ -243,7 +317,9 @@ class Stack:
                        for name in SERVICES})
         values["nnunet_status_endpoints"] = endpoints_yaml(
             (self.status_host or self.hosts["nnunet"], p) for p in self.replica_ports["nnunet"])
-        values.update(cluster_type=self.cluster_type, listen_address=self.listen_address)
+        self.tls.check()
+        values.update(cluster_type=self.cluster_type, listen_address=self.listen_address,
+                      downstream_tls=self.tls.transport_socket())
         values.update(
             grpc_stats_services=_grpc_stats_services(),
             max_heap_bytes=int(os.environ.get("MEDSEG_ENVOY_MAX_HEAP_BYTES", 2 << 30)),
@@ -329,7 +405,7 @@ class Stack:
     def status(self, timeout: float = 3.0) -> dict[str, str]:
         """Each service's readiness as the gateway reports it (SERVING, NOT_SERVING or the
         error). A fresh channel each time: a channel that failed to connect backs off."""
-        with Client(self.gateway) as client:
+        with Client(self.gateway, tls=self.tls.client()) as client:
             return client.status(timeout=timeout)
 
     def model_load_error(self, timeout: float = 3.0) -> str:
@@ -337,7 +413,7 @@ class Stack:
         import grpc
 
         try:
-            with Client(self.gateway, timeout=timeout, retry=RetryPolicy(attempts=1)) as client:
+            with Client(self.gateway, timeout=timeout, retry=RetryPolicy(attempts=1), tls=self.tls.client()) as client:
                 return client.list_models().load_error
         except grpc.RpcError:
             return ""
@@ -346,7 +422,15 @@ class Stack:
         """True when the viewer's server answers through the gateway (/viewer/healthz)."""
         import urllib.request
 
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+        handlers = [urllib.request.ProxyHandler({})]  # loopback: no proxy
+        if self.tls.mode != "off":
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            if self.tls.mode == "mtls":
+                context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(self.viewer_url + "healthz", timeout=timeout) as reply:
                 return reply.status == 200
@@ -429,6 +513,7 @@ class Stack:
         wanted = {"gateway": self.ports["gateway"], "admin": self.ports["admin"], VIEWER: self.ports[VIEWER],
                   **{name: self.ports[name] for name in self.services}}
         taken = [f"{name} {port}" for name, port in wanted.items() if not port_is_free(port)]
+        taken += [] if port_is_free(self.ports["metrics"]) else [f"metrics {self.ports['metrics']}"]
         taken += [f"{program} {port}" for name in self.services
                   for program, port in zip(self.replicas(name)[1:], self.replica_ports[name][1:])
                   if not port_is_free(port)]
@@ -511,14 +596,15 @@ def temporary_stack(services: Iterable[str] = SERVICES, data_root: str | Path | 
                     run_dir: str | Path | None = None, timeout: float | None = None,
                     extra_env: dict[str, str] | None = None,
                     say: Callable[[str], None] = print,
-                    replicas: dict[str, int] | None = None) -> Iterator[Stack]:
+                    replicas: dict[str, int] | None = None,
+                    tls: GatewayTls | None = None) -> Iterator[Stack]:
     """A stack on free ports with its own run folder (and data root unless given), started
     through the same code path as `stack.py up`, always stopped on exit. For tests and
     benchmarks; the caller's environment is not modified."""
     scratch = Path(tempfile.mkdtemp(prefix="medseg-stack-"))
     stack = Stack(run_dir=run_dir or scratch / "run", data_root=data_root or scratch / "data",
                   services=services, ports=dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)))),
-                  extra_env=extra_env)
+                  extra_env=extra_env, tls=tls or GatewayTls())  # not the caller's environment's
     if replicas:  # extra replicas on free ports too
         stack.set_replicas(replicas, free_ports(sum(max(0, n - 1) for n in replicas.values())))
     stack.data_root.mkdir(parents=True, exist_ok=True)

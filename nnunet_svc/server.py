@@ -253,6 +253,9 @@ def main() -> None:
     threading.Thread(target=servicer.load, kwargs={"on_ready": lambda: server.set_serving(True)},
                      name="model-loader", daemon=True).start()
     signal.signal(signal.SIGHUP, lambda *_: servicer.live.request_reload())
+    from medseg.serving import metrics
+
+    metrics.watch_models(servicer.live)  # model state in /metrics
     threading.Thread(target=servicer.live.watch, args=(servicer.config.model_watch_seconds,),
                      name="registry-watch", daemon=True).start()
     serve_forever(server)

@@ -58,6 +58,13 @@ def test_what_the_issue_asks(overlay):
         pod = _pod(deployment)
         (container,) = pod["containers"]
         port = container["ports"][0]["containerPort"]
+        # One home for ports: medseg.addresses (gRPC, and /metrics at + METRICS_OFFSET).
+        from medseg import addresses
+
+        assert port == addresses._DEFAULT_PORTS[server]
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert named["metrics"] == port + addresses.METRICS_OFFSET
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(named["metrics"])
         # Headless Service <-> Envoy STRICT_DNS cluster on the same name and port.
         assert service["spec"]["clusterIP"] == "None" and service["spec"]["ports"][0]["port"] == port
         cluster = clusters[server]

@@ -24,7 +24,11 @@ SERVICE_NAMES = {
 SERVICES = tuple(SERVICE_NAMES)
 # "viewer": the viewer's HTTP server (static bundle, case files), behind the gateway's /viewer/.
 _DEFAULT_PORTS = {"gateway": 8080, "admin": 9901, "nnunet": 50051, "smoothing": 50052,
-                  "postprocess": 50053, "case": 50054, "viewer": 50055}
+                  "postprocess": 50053, "case": 50054, "viewer": 50055, "metrics": 9902}
+# Each server's Prometheus metrics (HTTP /metrics): its gRPC port + METRICS_OFFSET (so every
+# replica has its own), unless MEDSEG_<SERVICE>_METRICS_PORT. "metrics": Envoy's own, the one
+# path /stats/prometheus of its loopback-only admin.
+METRICS_OFFSET = 1000
 # Header a client sets on grpc.health.v1 calls so the gateway routes them to that service.
 HEALTH_ROUTE_HEADER = "x-medseg-service"
 
@@ -32,6 +36,14 @@ HEALTH_ROUTE_HEADER = "x-medseg-service"
 def port(name: str) -> int:
     """Port of 'gateway', 'admin', 'viewer' or a service; env MEDSEG_<NAME>_PORT overrides."""
     return int(os.environ.get(f"MEDSEG_{name.upper()}_PORT", _DEFAULT_PORTS[name]))
+
+
+def metrics_port(service: str, grpc_port: int | None = None) -> int:
+    """Port of a server's /metrics; env MEDSEG_<SERVICE>_METRICS_PORT overrides (0: none)."""
+    value = os.environ.get(f"MEDSEG_{service.upper()}_METRICS_PORT")
+    if value:
+        return int(value)
+    return (port(service) if grpc_port is None else grpc_port) + METRICS_OFFSET
 
 
 def gateway_address() -> str:

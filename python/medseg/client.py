@@ -11,6 +11,7 @@ Every inline volume that comes back is checked against the digest the server rep
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -182,6 +183,31 @@ def _transient(exc: grpc.RpcError) -> bool:
         exc.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or ""))
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS to the gateway: `ca` = the certificates to trust (PEM); `cert` + `key` = this
+    client's certificate for a gateway in mTLS mode. Env: MEDSEG_TLS_CA, MEDSEG_TLS_CERT,
+    MEDSEG_TLS_KEY (`from_env` is None without MEDSEG_TLS_CA: plaintext)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> "ClientTls | None":
+        ca = os.environ.get("MEDSEG_TLS_CA")
+        if not ca:
+            return None
+        cert, key = os.environ.get("MEDSEG_TLS_CERT"), os.environ.get("MEDSEG_TLS_KEY")
+        return cls(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
 # Requests whose calls change nothing: safe to send again even with inline volumes.
 READ_ONLY_REQUESTS = (pp.MeasureRequest,)
 
@@ -189,16 +215,19 @@ READ_ONLY_REQUESTS = (pp.MeasureRequest,)
 class Client:
     def __init__(self, target: str | None = None, timeout: float | None = None,
                  max_volume_bytes: int = codec.DEFAULT_MAX_VOLUME_BYTES, dicom: DicomReading | None = None,
-                 retry: RetryPolicy | None = None):
+                 retry: RetryPolicy | None = None, tls: ClientTls | None = None):
         """dicom: how local DICOM inputs are read (series choice, research override); retry:
-        see RetryPolicy (`retries` counts the retries this client made)."""
+        see RetryPolicy (`retries` counts the retries this client made); tls: see ClientTls
+        (default from the environment; none: plaintext)."""
         self.retry = retry or RetryPolicy()
         self.retries = 0
         self.dicom = dicom or DicomReading()
         self.target = target or addresses.gateway_address()
         self.timeout = timeout
         self.max_volume_bytes = max_volume_bytes
-        self.channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self.tls = tls or ClientTls.from_env()
+        self.channel = (grpc.secure_channel(self.target, self.tls.credentials(), options=CHANNEL_OPTIONS)
+                        if self.tls else grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS))
         self.nnunet = nnunet_pb2_grpc.NnUNetServiceStub(self.channel)
         self.smoothing = smoothing_pb2_grpc.SmoothingServiceStub(self.channel)
         self.postprocess = postprocess_pb2_grpc.PostprocessServiceStub(self.channel)

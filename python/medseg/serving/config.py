@@ -25,6 +25,7 @@ class ServerConfig:
     computations), MEDSEG_<SERVICE>_QUEUE (queued + running before RESOURCE_EXHAUSTED),
     MEDSEG_DRAIN_SECONDS (wait after NOT_SERVING so the gateway notices),
     MEDSEG_GRACE_SECONDS (time in-flight calls get on shutdown); service-specific:
+    MEDSEG_<SERVICE>_METRICS_PORT (Prometheus /metrics; default the gRPC port + 1000),
     MEDSEG_MODEL_REGISTRY (nnunet's model registry file), MEDSEG_MODEL_WATCH_SECONDS (how often
     nnunet checks the registry file for changes and reloads; 0: only on SIGHUP), MEDSEG_NNUNET_MAX_VOXELS (largest
     phase nnunet accepts), MEDSEG_NNUNET_LEAN (0: nnU-Net's own pre/post-processing), MEDSEG_MESH_THREADS (VTK threads
@@ -42,6 +43,7 @@ class ServerConfig:
     grace_seconds: float = 10.0
     model_registry: Path | None = None
     model_watch_seconds: float = 2.0
+    metrics_port: int = 0  # Prometheus /metrics (0: none; from_env: medseg.addresses.metrics_port)
     nnunet_max_voxels: int | None = None
     nnunet_lean: bool | None = None
     mesh_threads: int | None = None
@@ -66,6 +68,7 @@ class ServerConfig:
             grace_seconds=_env("MEDSEG_GRACE_SECONDS", 10.0, float),
             model_registry=_env("MEDSEG_MODEL_REGISTRY", None, Path),
             model_watch_seconds=_env("MEDSEG_MODEL_WATCH_SECONDS", 2.0, float),
+            metrics_port=addresses.metrics_port(service),
             nnunet_max_voxels=_env("MEDSEG_NNUNET_MAX_VOXELS", None, int),
             nnunet_lean=_env("MEDSEG_NNUNET_LEAN", None, _flag),
             mesh_threads=_env("MEDSEG_MESH_THREADS", None, int),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 import uuid
 
 import grpc
@@ -93,16 +94,37 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status an exception maps to (as status_of, without logging)."""
+    return next((code for kind, code in _CODES if isinstance(exc, kind)), grpc.StatusCode.INTERNAL)
+
+
+def _record(servicer, method: str, start: float, code: grpc.StatusCode) -> None:
+    from medseg.serving import metrics
+
+    service = getattr(getattr(servicer, "config", None), "service", "unknown")
+    metrics.REQUESTS.labels(service, method, code.name).inc()
+    metrics.LATENCY.labels(service, method).observe(time.perf_counter() - start)
+
+
 def streaming_rpc(method):
-    """Wrap a response-streaming handler so every exception becomes a proper status."""
+    """Wrap a response-streaming handler so every exception becomes a proper status (and
+    every call is counted in the server's metrics)."""
 
     @functools.wraps(method)
     def handler(self, request_iterator, context):
+        start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             yield from method(self, request_iterator, context)
+        except GeneratorExit:  # the client went away mid-stream
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped, never escapes as UNKNOWN
+            code = code_of(exc)
             if context.is_active() or not isinstance(exc, OperationCancelled):
                 abort(context, exc)
+        finally:
+            _record(self, method.__name__, start, code)
 
     return handler
 
@@ -112,9 +134,13 @@ def unary_rpc(method):
 
     @functools.wraps(method)
     def handler(self, request, context):
+        start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001
+            code = code_of(exc)
             abort(context, exc)
+        finally:
+            _record(self, method.__name__, start, code)
 
     return handler

@@ -115,6 +115,9 @@ class Server:
 
     def start(self) -> "Server":
         self.grpc.start()
+        from medseg.serving import metrics
+
+        self.metrics_port = metrics.serve(self.config.host, self.config.metrics_port)
         return self
 
     def stop(self, drain_seconds: float | None = None, grace: float | None = None) -> None:

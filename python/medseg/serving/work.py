@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from medseg.progress import Cancelled, OperationCancelled, Progress
+from medseg.serving import metrics
 from medseg.serving.errors import QueueFull
 
 Work = Callable[[Progress, Cancelled], Any]
@@ -22,6 +24,7 @@ class Job:
         self.events: queue.Queue = queue.Queue()
         self._cancel = threading.Event()
         self.future: Future | None = None
+        self.compute_seconds: float | None = None  # the work itself, set once it ran
 
     def progress(self, stage: str, fraction: float, message: str = "") -> None:
         if self._cancel.is_set():
@@ -67,6 +70,8 @@ class WorkQueue:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._lock = threading.Lock()
         self._active = 0  # queued + running
+        self.name = name
+        metrics.watch_queue(name, lambda: self._active, capacity)
 
     @property
     def depth(self) -> int:
@@ -87,7 +92,11 @@ class WorkQueue:
             try:
                 if job.cancelled():
                     raise OperationCancelled("call cancelled while queued")
-                return work(job.progress, job.cancelled)
+                start = time.perf_counter()
+                try:
+                    return work(job.progress, job.cancelled)
+                finally:
+                    job.compute_seconds = time.perf_counter() - start
             finally:
                 job.events.put(_DONE)
 
