@@ -358,6 +358,7 @@ export class CaseView {
   private setVisible3d(name: string, show: boolean): void {
     const mesh = this.meshes.get(name);
     if (!mesh) return;
+    // NiiVue types the id as a number; its meshes carry string ids, which it matches.
     this.nv3d.setMeshProperty(mesh.id as unknown as number, "visible", show);
     this.nv3d.drawScene();
   }
