@@ -352,9 +352,20 @@ def main(argv: list[str] | None = None) -> int:
                 chain = result.get("chain", {})
                 print(f"{res} seed {seed}: {time.perf_counter() - t:.0f} s  " + "  ".join(
                     f"{n} {m['dice']:.3f}" for n, m in chain.items()), flush=True)
-    meta = {"seeds": seeds, "seeds_per_resolution": {r: len(seeds[:fewer.get(r, len(seeds))]) for r in args.resolutions},
-            "resolutions": args.resolutions, "parts": args.parts, "machine": machine(),
-            "python": platform.python_version(), "seconds": time.perf_counter() - start}
+            # After each resolution: a long run that is stopped keeps what it finished.
+            done = args.resolutions[:args.resolutions.index(res) + 1]
+            meta = {"seeds": seeds, "seeds_per_resolution": {r: len(seeds[:fewer.get(r, len(seeds))]) for r in done},
+                    "resolutions": done, "parts": args.parts, "machine": machine(),
+                    "python": platform.python_version(), "seconds": time.perf_counter() - start}
+            target_rows = write_reports(args, results, meta)
+    missed = [r for r in target_rows if not r["met"]]
+    for row in missed:
+        print(f"target missed at {row['resolution']}: {row['what']} {row['target']}, measured {row['measured']}")
+    return 0
+
+
+def write_reports(args, results: list[dict], meta: dict) -> list[dict]:
+    """The JSON, the Markdown report and its plot for `results`; returns the target rows."""
     summary = summarise(results)
     target_rows = targets(summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -363,11 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     figure = args.markdown.with_name(args.markdown.stem + "-dice.png")
     plot(results, figure)
     args.markdown.write_text(markdown(summary, target_rows, meta) + f"\n![Dice per case]({figure.name})\n")
-    print(f"wrote {args.json}, {args.markdown} and {figure}")
-    missed = [r for r in target_rows if not r["met"]]
-    for row in missed:
-        print(f"target missed at {row['resolution']}: {row['what']} {row['target']}, measured {row['measured']}")
-    return 0
+    print(f"wrote {args.json}, {args.markdown} and {figure}", flush=True)
+    return target_rows
 
 
 if __name__ == "__main__":
