@@ -68,6 +68,21 @@ $(BUF):
 k8s-validate:
 	$(BIN)/python scripts/k8s.py validate
 
+# Container images with podman (scripts/images.py; not part of `make test`: minutes on 2 cores):
+# a Debian minbase + python3 base made with debootstrap and `podman import`, a host wheelhouse,
+# one image per server + the gateway. Needs Debian podman, buildah, debootstrap, runc (root).
+images:
+	$(BIN)/python scripts/images.py build
+
+# The built images together (one pod, read-only roots): Measure + SegmentTumor through Envoy.
+images-test:
+	$(BIN)/python scripts/images.py test
+
+# `podman kube play` of deploy/k8s (cpu overlay, 2 postprocess + 2 nnunet replicas), calls
+# through Envoy, every replica seen serving, torn down after.
+k8s-smoke:
+	$(BIN)/python scripts/images.py smoke
+
 # Development CA + gateway and client certificates for MEDSEG_GATEWAY_TLS=tls|mtls (run/certs;
 # see scripts/dev_certs.py and the README for real ones).
 certs:
@@ -80,7 +95,7 @@ k8s-envoy:
 # Contract style (buf: STANDARD + comments) and Dockerfiles (hadolint).
 lint: $(BUF)
 	$(BUF) lint
-	$(BIN)/hadolint --failure-threshold warning */Dockerfile
+	$(BIN)/hadolint --failure-threshold warning */Dockerfile nnunet_svc/Dockerfile.cuda deploy/podman/Containerfile.*
 
 # Start Envoy + the three servers under supervisord; wait until all are healthy.
 up:
