@@ -130,11 +130,14 @@ def cmd_models(client: Client, args) -> int:
     print(f"device: {reply.device}  queue: {reply.queue_depth}/{reply.queue_capacity}")
     if reply.load_error:
         print(f"models failed to load: {reply.load_error}")
+    if reply.reload_error:
+        print(f"registry reload failed (the models below keep serving): {reply.reload_error}")
     for model in reply.models:
         labels = ", ".join(f"{e.value}={e.name}" for e in model.labels if e.value)
-        task = nn.Task.Name(model.task).removeprefix("TASK_").lower()
+        task = model.name or nn.Task.Name(model.task).removeprefix("TASK_").lower()  # name: Segment's
         print(f"  {task:<8} ready={model.ready} phases={list(model.phases)} "
-              f"crop={model.kidney_crop} labels: {labels[:100]}")
+              f"crop={model.kidney_crop} nnU-Net {model.nnunet_version} digest {model.digest[:12]} "
+              f"labels: {labels[:100]}")
     return 1 if reply.load_error else 0
 
 
