@@ -21,7 +21,9 @@ TASK_LABELS = {
 # Where the kidney comes from, best first: the tumor model is trained for kidney + tumor on
 # the portal phase; the vessel and ureter models see the kidney only as context.
 KIDNEY_SOURCES = ("tumor", "vessels", "ureter")
-# Labels never cleaned as specks: a small second tumor matters more than a false speck.
+# Labels never cleaned as specks: a small second tumor matters more than a false speck. A
+# tumor piece that touches no kidney voxel is removed instead (a renal tumor grows from the
+# kidney), unless it is the largest tumor piece.
 NEVER_CLEANED = (Label.TUMOR,)
 
 
@@ -81,8 +83,10 @@ def remove_specks(mask: Volume, max_mm3: float, max_fraction: float = SPECK_FRAC
     """Remove connected pieces (26-connectivity) of each label that are not the label's
     largest piece and are smaller than `max_mm3` or than `max_fraction` of that largest
     piece. The repair steps ran before, so a piece they joined is part of a larger one here.
-    Tumor is never cleaned. max_mm3 <= 0 turns the cleanup off. Returns the cleaned mask
-    and one record per removed piece: label, voxels, volume_ml, centre_mm."""
+    Tumor is never cleaned by size; a tumor piece that touches no kidney voxel (26-neighbours)
+    and is not the largest tumor piece is removed. max_mm3 <= 0 turns the cleanup off. Returns
+    the cleaned mask and one record per removed piece: label, voxels, volume_ml, centre_mm,
+    reason."""
     out = mask.array.copy()
     removed = []
     if max_mm3 <= 0:
@@ -90,16 +94,23 @@ def remove_specks(mask: Volume, max_mm3: float, max_fraction: float = SPECK_FRAC
     voxel_mm3 = mask.voxel_volume_mm3
     matrix = mask.index_to_physical_matrix()
     structure = np.ones((3, 3, 3), dtype=bool)
+    kidney = out == Label.KIDNEY
     for value in sorted(int(v) for v in np.unique(out) if v):
-        if value in NEVER_CLEANED:
-            continue
         pieces, count = ndimage.label(out == value, structure)
         if count < 2:
             continue
         sizes = np.bincount(pieces.ravel())[1:]
         largest = int(np.argmax(sizes)) + 1
-        limit = max(max_mm3 / voxel_mm3, max_fraction * sizes[largest - 1])  # in voxels
-        small = [i + 1 for i, n in enumerate(sizes) if n < limit and i + 1 != largest]
+        if value in NEVER_CLEANED:
+            if not kidney.any():
+                continue
+            touching = set(np.unique(pieces[ndimage.binary_dilation(kidney, structure) & (pieces > 0)]).tolist())
+            small = [i for i in range(1, count + 1) if i not in touching and i != largest]
+            reason = "touches no kidney"
+        else:
+            limit = max(max_mm3 / voxel_mm3, max_fraction * sizes[largest - 1])  # in voxels
+            small = [i + 1 for i, n in enumerate(sizes) if n < limit and i + 1 != largest]
+            reason = "speck"
         if not small:
             continue
         centres = ndimage.center_of_mass(np.ones_like(pieces, dtype=np.uint8), pieces, small)
@@ -108,6 +119,7 @@ def remove_specks(mask: Volume, max_mm3: float, max_fraction: float = SPECK_FRAC
             xyz1 = np.array([zyx[2], zyx[1], zyx[0], 1.0])
             removed.append({"label": NAMES.get(value, str(value)), "voxels": int(sizes[index - 1]),
                             "volume_ml": float(sizes[index - 1] * voxel_mm3 / 1000.0),
-                            "centre_mm": [round(float(c), 2) for c in (matrix @ xyz1)[:3]]})
+                            "centre_mm": [round(float(c), 2) for c in (matrix @ xyz1)[:3]],
+                            "reason": reason})
         out[np.isin(pieces, small)] = 0
     return mask.with_array(out, labels=mask.labels or convention_table()), removed

@@ -493,8 +493,9 @@ def render_html(report: dict, mask: Volume, ct: Volume | None = None) -> str:
 
     parts.append("<h2>Removed specks</h2>")
     specks = report["removed_specks"]
-    parts.append(_table(["Label", "Voxels", "Volume (ml)", "Centre (LPS mm)"],
-                        [[s["label"], s["voxels"], _num(s["volume_ml"], 3), _point(s["centre_mm"])] for s in specks],
+    parts.append(_table(["Label", "Voxels", "Volume (ml)", "Centre (LPS mm)", "Why"],
+                        [[s["label"], s["voxels"], _num(s["volume_ml"], 3), _point(s["centre_mm"]),
+                          s.get("reason", "speck")] for s in specks],
                         numeric=(1, 2)) if specks else "<p>None.</p>")
 
     parts.append("<h2>Skipped tasks</h2>")

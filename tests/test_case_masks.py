@@ -55,16 +55,33 @@ def test_remove_specks_keeps_the_largest_and_tumor():
     a[:5, :5, :5] = Label.ARTERY           # main piece
     a[8, 8, 8] = Label.ARTERY              # speck: 8 mm3 < 50
     a[8, 0:4, 0] = Label.ARTERY            # 32 mm3 < 50 too
-    a[0, 8, 8] = Label.TUMOR               # a tiny second tumor stays
+    a[0, 8, 8] = Label.TUMOR               # a tiny second tumor stays: it touches the kidney
+    a[1, 8, 8] = Label.KIDNEY
     a[2, 8:10, 8:10] = Label.TUMOR
     cleaned, removed = masks.remove_specks(vol(a), 50.0)
     assert np.count_nonzero(cleaned.array == Label.ARTERY) == 125
     assert np.count_nonzero(cleaned.array == Label.TUMOR) == 5
     assert sorted(r["voxels"] for r in removed) == [1, 4]
-    assert all(r["label"] == "artery" for r in removed)
+    assert all(r["label"] == "artery" and r["reason"] == "speck" for r in removed)
     assert removed[0]["centre_mm"] == [16.0, 16.0, 16.0] or removed[1]["centre_mm"] == [16.0, 16.0, 16.0]
     same, none = masks.remove_specks(vol(a), 0)
     assert none == [] and (same.array == a).all()
+
+
+def test_a_tumor_piece_touching_no_kidney_is_removed_unless_it_is_the_largest():
+    a = np.zeros((20, 20, 20), np.uint8)
+    a[2:8, 2:8, 2:8] = Label.KIDNEY
+    a[4:6, 4:6, 8:10] = Label.TUMOR        # the tumor, on the kidney
+    a[15, 15, 15] = Label.TUMOR            # a false positive far from it
+    cleaned, removed = masks.remove_specks(vol(a), 50.0)
+    assert [(r["label"], r["voxels"], r["reason"]) for r in removed] == [("tumor", 1, "touches no kidney")]
+    assert np.count_nonzero(cleaned.array == Label.TUMOR) == 8
+    b = a.copy()
+    b[a == Label.TUMOR] = 0
+    b[15:18, 15:18, 15:18] = Label.TUMOR   # the largest tumor piece stays even away from the kidney
+    b[4, 4, 8] = Label.TUMOR               # and the small one on the kidney too
+    kept, none = masks.remove_specks(vol(b), 50.0)
+    assert none == [] and (kept.array == b).all()
 
 
 def test_remove_specks_by_size_relative_to_the_largest_piece():
