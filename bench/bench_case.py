@@ -23,28 +23,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from procstat import reset_peak, status_mb  # noqa: E402
 from ratios import record  # noqa: E402
 
 SERVICES = ("case", "nnunet", "smoothing", "postprocess")
 
 
-def _status_mb(pid: int, key: str) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def reset_peaks(stack) -> None:
     """Restart every service's peak-RSS count (VmHWM), so the next figure is this run's."""
     for name in SERVICES:
-        with open(f"/proc/{stack.pid(name)}/clear_refs", "w") as f:
-            f.write("5")
+        if not reset_peak(stack.pid(name)):
+            raise RuntimeError(f"cannot reset the peak RSS of {name} (/proc/<pid>/clear_refs)")
 
 
 def peaks(stack) -> dict[str, float]:
-    return {name: _status_mb(stack.pid(name), "VmHWM") for name in SERVICES}
+    return {name: status_mb("VmHWM", stack.pid(name)) for name in SERVICES}
 
 
 def run_job(cases, files: dict[str, str], name: str):

@@ -25,13 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from ratios import record  # noqa: E402  (bench/, the script's folder)
 
+from medseg.metrics import dice  # noqa: E402
+
 HELD_OUT_SEED = 20000  # the evaluation seeds of scripts/eval.py: never used for training or tuning
 FOV_XY_MM = 380.0
-
-
-def dice(a, b) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def clinical_case(size, seed: int):

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 FOV_MM = (380.0, 380.0, 300.0)
 sys.path.insert(0, str(REPO / "bench"))
+from procstat import reset_peak, status_mb  # noqa: E402
 from ratios import record  # noqa: E402
 
 
@@ -46,32 +46,6 @@ def make_case(seed: int, spacing: float, folder: Path, size=None) -> dict[str, P
         return make_phantom(size=tuple(size), seed=seed, fov_mm=FOV_MM).write(folder)
     size = tuple(int(round(f / spacing)) for f in FOV_MM)
     return make_phantom(size=size, spacing=(spacing,) * 3, seed=seed, fov_mm=FOV_MM).write(folder)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_rss() -> bool:
-    """Linux: restart the process's peak-RSS (VmHWM) count, so it measures one step only."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 CROP_MODES = {"full": "full image", "located": "crop from the 4 mm locator (its pass timed too)",
@@ -91,12 +65,12 @@ def crop_child(portal: str, mode: str) -> None:
     p.warm_up()
     image = read_volume(portal)
     hint = TaskPredictor(registry["total"], torch.device("cpu")).predict({"portal": image}) if mode == "hinted" else None
-    before = rss_mb()
-    reset_peak_rss()  # count the prediction's peak, not start-up's
+    before = status_mb("VmRSS")
+    reset_peak()  # count the prediction's peak, not start-up's
     t = time.perf_counter()
     p.predict({"portal": image}, kidney_crop=mode != "full", kidney_hint=hint)
     seconds = time.perf_counter() - t
-    peak = peak_rss_mb()
+    peak = status_mb("VmHWM")
     print(json.dumps({"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak}))
 
 

@@ -32,7 +32,8 @@ from medseg.labels import Label  # noqa: E402
 from medseg.postprocess.v1 import postprocess_pb2 as pp  # noqa: E402
 from medseg.postprocess.v1 import postprocess_pb2_grpc  # noqa: E402
 from medseg.volumes import Volume  # noqa: E402
-from ratios import record  # noqa: E402  (bench/, the script's folder)
+from procstat import status_mb  # noqa: E402  (bench/, the script's folder)
+from ratios import record  # noqa: E402
 
 MIB = 1 << 20
 
@@ -64,16 +65,6 @@ def measure_once(target: str, requests) -> tuple[float, float]:
         raise RuntimeError("Measure returned no result")
     receive = next(t.seconds for t in result.info.timings if t.stage == "receive")
     return wall, receive
-
-
-def peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def main() -> int:
@@ -125,8 +116,8 @@ def main() -> int:
                 receives[name].append(receive)
                 print(f"  rep {rep + 1} {name:<8} wall {wall:6.3f} s ({size_mib / wall:7.1f} MiB/s)   "
                       f"receive {receive:6.3f} s ({size_mib / receive:7.1f} MiB/s)")
-        envoy_rss = peak_rss_mib(stack.pid("envoy"))
-        server_rss = peak_rss_mib(stack.pid("postprocess"))
+        envoy_rss = status_mb("VmHWM", stack.pid("envoy"))
+        server_rss = status_mb("VmHWM", stack.pid("postprocess"))
 
     print()
     rates = {}

@@ -76,6 +76,7 @@ def random_cuts(rng: np.random.Generator) -> dict:
 def evaluate_case(stack, cases, client, resolution: str, seed: int, parts: set[str]) -> dict:
     from medseg.case_jobs import state_name
     from medseg.client import Ref
+    from medseg.metrics import pieces
     from medseg.phantom import make_phantom
     from medseg.volumes import Volume, read_volume, write_volume
     from tests.repair_cases import cut_phantom
@@ -128,7 +129,7 @@ def evaluate_case(stack, cases, client, resolution: str, seed: int, parts: set[s
         repaired = read_volume(root / folder / "repaired.nii.gz")
         out["repair"] = per_structure(repaired, cut.truth, ("artery", "vein", "ureter"))
         for name in ("artery", "vein", "ureter"):
-            out["repair"][name]["cut_pieces"] = int(_pieces(cut.cut.array == label_value(name)))
+            out["repair"][name]["cut_pieces"] = pieces(cut.cut.array == label_value(name))
         # A wrong join paints tube where the truth has none: voxels added more than 2 voxels from it.
         from scipy import ndimage
 
@@ -144,12 +145,6 @@ def evaluate_case(stack, cases, client, resolution: str, seed: int, parts: set[s
         out["template"] = per_structure(read_volume(root / folder / "template.nii.gz"), truth,
                                         ("artery", "vein", "ureter", "fat"))
     return out
-
-
-def _pieces(mask) -> int:
-    from medseg.metrics import pieces
-
-    return pieces(mask)
 
 
 # ------------------------------------------------------------------------------------ summary
