@@ -340,3 +340,21 @@ def test_full_size_case():
         kidney = case.anatomy["kidneys"][side]
         if case.anatomy["tumor"]["side"] != side:
             assert _ml(case.organs, case.organs.array == value) == pytest.approx(kidney["volume_ml"], rel=0.01)
+
+
+def test_acquisition_variety_scales_body_and_contrast(case):
+    """Training variety: body_scale grows every structure about the origin, contrast scales the
+    enhancement over each tissue's least-enhanced phase, noise_hu the noise; labels follow."""
+    varied = make_phantom(SMALL, seed=1, body_scale=1.1, contrast=0.5, noise_hu=0.0)
+    kidney = int(Label.KIDNEY)
+    grown = _ml(varied.labels, varied.labels.array == kidney) / _ml(case.labels, case.labels.array == kidney)
+    assert grown == pytest.approx(1.1 ** 3, rel=0.04)
+    artery = varied.labels.array == int(Label.ARTERY)
+    # aorta 300 HU arterial, 100 HU at its least (delayed): half the enhancement is 200 HU
+    assert np.median(varied.phases["arterial"].array[artery]) == pytest.approx(200, abs=2)
+    fat = varied.labels.array == int(Label.FAT)
+    assert np.all(varied.phases["arterial"].array[fat] == -100)  # no enhancement, no noise
+    assert varied.anatomy["acquisition"] == {"noise_hu": 0.0, "contrast": 0.5, "body_scale": 1.1}
+    for bad in ({"contrast": 0.0}, {"body_scale": 3.0}):
+        with pytest.raises(ValueError):
+            make_phantom(SMALL, seed=1, **bad)

@@ -74,6 +74,14 @@ def test_list_models_reports_every_task_ready(client, registry):
     assert [v.split(" ")[0] for v in tasks["TASK_VESSELS"].model_versions] == [
         f"{m.folder.parent.name}/{m.folder.name}" for m in registry["vessels"].models]
     assert all(len(m.digest) == 64 for m in reply.models)
+    # Each model's training spacing, x, y, z, as nnU-Net's own plans manager reads it.
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    for info in reply.models:
+        for model, spacing in zip(registry[info.name].models, info.training_spacings, strict=True):
+            plans = PlansManager(str(model.folder / "plans.json"))
+            zyx = [plans.get_configuration("3d_fullres").spacing[i] for i in plans.transpose_backward]
+            assert (spacing.x_mm, spacing.y_mm, spacing.z_mm) == pytest.approx(zyx[::-1])
     assert len({m.digest for m in reply.models}) == 4  # different weights, different digests
     # What each inference mode runs, from the registry.
     vessels = tasks["TASK_VESSELS"]

@@ -135,9 +135,10 @@ def cmd_models(client: Client, args) -> int:
     for model in reply.models:
         labels = ", ".join(f"{e.value}={e.name}" for e in model.labels if e.value)
         task = model.name or nn.Task.Name(model.task).removeprefix("TASK_").lower()  # name: Segment's
+        trained_at = ", ".join("x".join(f"{v:g}" for v in (s.x_mm, s.y_mm, s.z_mm)) for s in model.training_spacings)
         print(f"  {task:<8} ready={model.ready} phases={list(model.phases)} "
-              f"crop={model.kidney_crop} nnU-Net {model.nnunet_version} digest {model.digest[:12]} "
-              f"labels: {labels[:100]}")
+              f"crop={model.kidney_crop} trained at {trained_at or '?'} mm nnU-Net {model.nnunet_version} "
+              f"digest {model.digest[:12]} labels: {labels[:100]}")
     return 1 if reply.load_error else 0
 
 

@@ -111,6 +111,9 @@ _CODE = {t.name: t.code for t in _TISSUES}
 _LABEL_LUT = np.array([t.label for t in _TISSUES], dtype=np.uint8)
 _ORGAN_LUT = np.array([t.organ for t in _TISSUES], dtype=np.uint8)
 _HU_LUT = {p: np.array([t.hu[i] for t in _TISSUES], dtype=np.float32) for i, p in enumerate(PHASES)}
+# A tissue's least-enhanced phase stands in for its unenhanced HU: `contrast` scales the
+# enhancement above it (a weaker or later bolus, a stronger or earlier one).
+_BASE_HU = np.minimum.reduce(list(_HU_LUT.values()))
 
 
 # ---------------------------------------------------------------------------- grid sampling
@@ -524,9 +527,10 @@ def _rasterise(anatomy: dict, grid: _Grid) -> np.ndarray:
     return tissue
 
 
-def _phase_image(tissue: np.ndarray, phase: str, seed: int, noise_hu: float) -> np.ndarray:
-    """HU = tissue value + Gaussian noise, drawn slab by slab from a per-phase generator."""
-    lut = _HU_LUT[phase]
+def _phase_image(tissue: np.ndarray, phase: str, seed: int, noise_hu: float, contrast: float = 1.0) -> np.ndarray:
+    """HU = tissue value (enhancement scaled by `contrast`) + Gaussian noise, drawn slab by slab
+    from a per-phase generator."""
+    lut = _BASE_HU + np.float32(contrast) * (_HU_LUT[phase] - _BASE_HU)
     rng = np.random.default_rng([seed, PHASES.index(phase), 0x5EED])
     out = np.empty(tissue.shape, dtype=np.int16)
     for start in range(0, tissue.shape[0], _CHUNK_SLICES):
@@ -590,10 +594,17 @@ def make_phantom(
     origin: tuple[float, float, float] | None = None,
     direction: tuple[float, ...] = IDENTITY,
     noise_hu: float = 12.0,
+    contrast: float = 1.0,
+    body_scale: float = 1.0,
 ) -> PhantomCase:
     """Generate a case. size is (x, y, z) voxels; spacing defaults to fov_mm / size so every
     size shows the same body; origin defaults to a grid centred on (0, 0, 0) mm.
-    physical = origin + direction · diag(spacing) · index."""
+    physical = origin + direction · diag(spacing) · index.
+
+    Acquisition and patient variety (training data): noise_hu is the CT noise (SD), contrast
+    scales every tissue's enhancement over its least-enhanced phase (bolus strength and timing),
+    body_scale grows or shrinks the whole body about the origin (the anatomy dict stays in the
+    unscaled millimetres it was drawn in)."""
     size = tuple(int(s) for s in size)
     if len(size) != 3 or min(size) < 1:
         raise ValueError(f"size must be three positive voxel counts (x, y, z), got {size}")
@@ -609,14 +620,19 @@ def make_phantom(
     if origin is None:
         half_extent = d @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2.0)
         origin = tuple(-half_extent)
+    if not contrast > 0 or not 0.5 <= body_scale <= 2.0:
+        raise ValueError(f"contrast must be > 0 and body_scale within 0.5..2, got {contrast}, {body_scale}")
     grid = _Grid(size, spacing, origin, direction)
 
     anatomy = _draw_anatomy(seed, tumor)
-    tissue = _rasterise(anatomy, grid)
+    # A body s times larger on this grid is the drawn body on a grid s times finer.
+    drawn = _Grid(size, np.asarray(spacing) / body_scale, np.asarray(origin) / body_scale, direction)
+    tissue = _rasterise(anatomy, drawn)
 
     geometry = dict(spacing=spacing, origin=tuple(float(o) for o in origin), direction=direction)
     labels = Volume(_LABEL_LUT[tissue], labels=convention_table(), **geometry)
     organs = Volume(_ORGAN_LUT[tissue], labels={0: "background", **TOTAL_CLASSES}, **geometry)
-    phases = {p: Volume(_phase_image(tissue, p, seed, noise_hu), **geometry) for p in PHASES}
+    phases = {p: Volume(_phase_image(tissue, p, seed, noise_hu, contrast), **geometry) for p in PHASES}
     anatomy["grid"] = {"size": list(size), **{k: list(v) for k, v in geometry.items()}}
+    anatomy["acquisition"] = {"noise_hu": float(noise_hu), "contrast": float(contrast), "body_scale": float(body_scale)}
     return PhantomCase(labels=labels, organs=organs, phases=phases, anatomy=anatomy, seed=seed)

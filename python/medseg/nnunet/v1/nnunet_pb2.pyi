@@ -268,7 +268,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("task", "phases", "labels", "model_folders", "ready", "kidney_crop", "model_versions", "digest", "accurate", "fast", "name", "nnunet_version")
+    __slots__ = ("task", "phases", "labels", "model_folders", "ready", "kidney_crop", "model_versions", "digest", "accurate", "fast", "name", "nnunet_version", "training_spacings")
     TASK_FIELD_NUMBER: _ClassVar[int]
     PHASES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +281,7 @@ class ModelInfo(_message.Message):
     FAST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     NNUNET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_SPACINGS_FIELD_NUMBER: _ClassVar[int]
     task: Task
     phases: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.RepeatedCompositeFieldContainer[_volume_pb2.LabelEntry]
@@ -293,7 +294,18 @@ class ModelInfo(_message.Message):
     fast: InferenceSettings
     name: str
     nnunet_version: str
-    def __init__(self, task: _Optional[_Union[Task, str]] = ..., phases: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[_volume_pb2.LabelEntry, _Mapping]]] = ..., model_folders: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., kidney_crop: _Optional[bool] = ..., model_versions: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., accurate: _Optional[_Union[InferenceSettings, _Mapping]] = ..., fast: _Optional[_Union[InferenceSettings, _Mapping]] = ..., name: _Optional[str] = ..., nnunet_version: _Optional[str] = ...) -> None: ...
+    training_spacings: _containers.RepeatedCompositeFieldContainer[TrainingSpacing]
+    def __init__(self, task: _Optional[_Union[Task, str]] = ..., phases: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[_volume_pb2.LabelEntry, _Mapping]]] = ..., model_folders: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., kidney_crop: _Optional[bool] = ..., model_versions: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., accurate: _Optional[_Union[InferenceSettings, _Mapping]] = ..., fast: _Optional[_Union[InferenceSettings, _Mapping]] = ..., name: _Optional[str] = ..., nnunet_version: _Optional[str] = ..., training_spacings: _Optional[_Iterable[_Union[TrainingSpacing, _Mapping]]] = ...) -> None: ...
+
+class TrainingSpacing(_message.Message):
+    __slots__ = ("x_mm", "y_mm", "z_mm")
+    X_MM_FIELD_NUMBER: _ClassVar[int]
+    Y_MM_FIELD_NUMBER: _ClassVar[int]
+    Z_MM_FIELD_NUMBER: _ClassVar[int]
+    x_mm: float
+    y_mm: float
+    z_mm: float
+    def __init__(self, x_mm: _Optional[float] = ..., y_mm: _Optional[float] = ..., z_mm: _Optional[float] = ...) -> None: ...
 
 class InferenceSettings(_message.Message):
     __slots__ = ("tile_step_size", "max_folds")
