@@ -19,19 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from medseg import addresses
 from medseg.labels import Label
+from medseg.metrics import dice
 from medseg.phantom import make_phantom
 from medseg.volumes import read_volume
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
 def print_report(report: dict) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from medseg.metrics import dice  # noqa: F401  (test_repair imports it from here)
 from medseg.volumes import Volume
 
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
@@ -98,10 +99,6 @@ def tube_case(spacing, extent_mm, line, radius, cuts, label, direction=None) -> 
 def pieces(array: np.ndarray, label: int) -> int:
     return int(ndimage.label(array == label, structure=STRUCTURE_26)[1])
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 1.0
 
 
 # ----------------------------------------------------------------------------------------

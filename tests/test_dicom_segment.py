@@ -10,6 +10,7 @@ import pytest
 from medseg.cli import main
 from medseg.dicom import read_dicom
 from medseg.dicom.seg import read_seg
+from medseg.metrics import dice
 from medseg.serving.config import ServerConfig
 from medseg.volumes import read_volume
 from tests.dicom_builders import oblique_direction, write_phantom_series
@@ -30,9 +31,6 @@ def nnunet(tmp_path_factory):
     server.stop(drain_seconds=0, grace=0)
 
 
-def _dice(a, b) -> float:
-    return 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
-
 
 @pytest.mark.parametrize("oblique", [False, True])
 def test_phantom_as_dicom_segments_like_its_nifti(nnunet, tmp_path, oblique, capsys):
@@ -48,9 +46,9 @@ def test_phantom_as_dicom_segments_like_its_nifti(nnunet, tmp_path, oblique, cap
     assert from_dicom.same_grid(from_nifti, tol=1e-4)
     truth = case.labels.array
     for value in (1, 2):
-        assert _dice(from_dicom.array == value, from_nifti.array == value) == 1.0
-        assert _dice(from_dicom.array == value, truth == value) == _dice(from_nifti.array == value, truth == value)
-    assert _dice(from_dicom.array == 1, truth == 1) > 0.8
+        assert dice(from_dicom.array == value, from_nifti.array == value) == 1.0
+        assert dice(from_dicom.array == value, truth == value) == dice(from_nifti.array == value, truth == value)
+    assert dice(from_dicom.array == 1, truth == 1) > 0.8
     assert from_dicom.labels == {0: "background", 1: "kidney", 2: "tumor"}
 
 

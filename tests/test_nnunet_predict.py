@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from medseg.labels import Label
+from medseg.metrics import dice
 from medseg.phantom import make_phantom
 from medseg.progress import OperationCancelled
 from medseg.volumes import Volume, read_volume, write_volume
@@ -36,10 +37,6 @@ def full_case(seed: int = 1000, spacing: float = SPACING):
     size = tuple(int(round(f / spacing)) for f in (380.0, 380.0, 300.0))
     return make_phantom(size=size, spacing=(spacing,) * 3, seed=seed)
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from medseg.labels import NAMES, Label
+from medseg.metrics import dice
 from medseg.volumes import Volume, read_volume
 from medseg.progress import OperationCancelled
 from postprocess_svc.template import default_template_path, fit_template
@@ -74,9 +75,6 @@ def warp(template: Volume, transform, spacing, size, origin, direction=None) -> 
     warped = sitk.Resample(sitk.Cast(template.to_image(), sitk.sitkUInt8), reference, transform, sitk.sitkNearestNeighbor, 0)
     return Volume.from_image(warped, labels=dict(NAMES))
 
-
-def dice(a, b):
-    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 def patient_from(truth: Volume) -> Volume:
