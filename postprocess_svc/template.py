@@ -271,7 +271,7 @@ def fit_template(
     cancelled: Cancelled | None = None,
 ) -> tuple[Volume, FitReport]:
     """Fit the template to the patient's kidney ∪ tumor; return a full convention mask on the
-    patient's grid (template artery/vein/ureter/fat warped in, the patient's own labels kept
+    patient's grid (template artery/vein/ureter warped in, the patient's own labels kept
     exactly) and a fit report.
 
     template: a convention label map with kidney (None: the shipped template).

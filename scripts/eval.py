@@ -156,8 +156,9 @@ def evaluate_case(stack, cases, client, resolution: str, seed: int, parts: set[s
         write_volume(Volume(kidney_tumor.astype(np.uint8), truth.spacing, truth.origin, truth.direction),
                      root / folder / "kidney_tumor.nii.gz")
         client.sample_from_template(Ref(f"{folder}/kidney_tumor.nii.gz"), output=f"{folder}/template.nii.gz")
+        # what the template adds (no fat: AddFat makes that, see models/templates/README.md)
         out["template"] = per_structure(read_volume(root / folder / "template.nii.gz"), truth,
-                                        ("artery", "vein", "ureter", "fat"))
+                                        ("artery", "vein", "ureter"))
     return out
 
 
