@@ -11,8 +11,9 @@ Two methods (``MeshOptions.method``; the contract's MeshMethod says when to pick
    pieces under ``min_island_mm3`` become background before meshing. The piece numbers are
    kept: they are the pieces whose volume is corrected in step 5.
 3. ``vtkSurfaceNets3D`` over all labels at once: one point per 2x2x2 voxel cell where labels
-   differ, one quad (two triangles) per pair of face-adjacent voxels with different labels,
-   so neighbouring labels share points and faces and their interface is one surface. Its
+   differ, one quad per pair of face-adjacent voxels with different labels (split into two
+   triangles as VTK's triangle output would, ``_split_quads``), so neighbouring labels
+   share points and faces and their interface is one surface. Its
    built-in constrained smoothing runs once, at the strongest structure's factor
    (``SN_DEFAULT_SMOOTHING``); each point keeps the fraction (weakest factor of the
    structures it bounds / strongest) of its displacement, so a point shared by kidney and
@@ -24,8 +25,8 @@ Two methods (``MeshOptions.method``; the contract's MeshMethod says when to pick
 5. Volume per piece, in closed form (``_restore_volumes``): smallest label first, each
    piece's movable points move along their normals by (voxel volume - smoothed volume) /
    the exact first-order derivative; points a label settled stay put for the next, so
-   shared points move once. The unsmoothed face geometry tells each face's voxel and so
-   its piece (``_inner_voxels``).
+   shared points move once. The unsmoothed quads tell each face's two voxels and so its
+   piece (``_quad_voxels``, once for all labels).
 6. Optional decimation patch by patch (one per label pair), keeping every patch-boundary
    vertex, so interfaces stay shared.
 
@@ -53,6 +54,7 @@ out of the structure.
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -214,31 +216,44 @@ def _surface_stats(vertices: np.ndarray, faces: np.ndarray,
     if len(faces) == 0:
         return 0.0, 0.0, np.zeros((len(vertices), 3)) if normals else None
     corners = _columns(faces)
-    v0 = vertices[corners[0]]
-    cross = np.cross(vertices[corners[1]] - v0, vertices[corners[2]] - v0)
+    v0, cross = _face_cross(vertices, corners)
     # Centre first: keeps the sum well conditioned far from the origin.
-    centre = vertices.mean(axis=0)
-    volume = float(np.einsum("ij,ij->", v0 - centre, cross) / 6.0)
-    area = float(np.sqrt(np.einsum("ij,ij->i", cross, cross)).sum() / 2.0)
+    v0 -= vertices.mean(axis=0)
+    volume = float(np.einsum("ij,ji->", v0, cross) / 6.0)
+    area = float(np.sqrt(np.einsum("ij,ij->j", cross, cross)).sum() / 2.0)
     return volume, area, _normals_from(cross, corners, len(vertices)) if normals else None
 
 
 def _columns(faces: np.ndarray) -> list[np.ndarray]:
-    """The three corner columns of (F, 3) faces as contiguous arrays (gathers and bincounts
-    with a strided index run ~3x slower)."""
-    return [np.ascontiguousarray(faces[:, corner]) for corner in range(3)]
+    """The three corner columns of (F, 3) faces as contiguous int64 arrays (gathers and
+    bincounts with a strided index run ~3x slower)."""
+    return [np.ascontiguousarray(faces[:, corner], dtype=np.int64) for corner in range(3)]
+
+
+def _face_cross(points: np.ndarray, corners: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(first corners (F, 3), cross products (v1 - v0) x (v2 - v0) as (3, F)) of faces given
+    as their _columns. np.take and the cross written out per component: ~3x faster than
+    fancy indexing and np.cross; (3, F) rows are the contiguous weights bincount wants."""
+    v0 = np.take(points, corners[0], axis=0)
+    u = (np.take(points, corners[1], axis=0) - v0).T
+    w = (np.take(points, corners[2], axis=0) - v0).T
+    cross = np.empty((3, len(v0)))
+    for axis in range(3):
+        i, j = (axis + 1) % 3, (axis + 2) % 3
+        np.multiply(u[i], w[j], out=cross[axis])
+        cross[axis] -= u[j] * w[i]
+    return v0, cross
 
 
 def _normals_from(cross: np.ndarray, faces: np.ndarray | list[np.ndarray], count: int,
                   normalise: bool = True) -> np.ndarray:
-    """Area-weighted unit vertex normals from the faces' cross products (length = 2 x area:
-    area weighting for free); bincount per corner column is the scatter-add. `faces` may be
-    given as its _columns."""
+    """Area-weighted unit vertex normals from the faces' cross products, (3, F) as
+    _face_cross gives them (length = 2 x area: area weighting for free); bincount per corner
+    column is the scatter-add. `faces` may be given as its _columns."""
     corners = _columns(faces) if isinstance(faces, np.ndarray) else faces
     normals = np.empty((count, 3))
     for axis in range(3):
-        weights = np.ascontiguousarray(cross[:, axis])
-        normals[:, axis] = sum(np.bincount(corner, weights=weights, minlength=count) for corner in corners)
+        normals[:, axis] = sum(np.bincount(corner, weights=cross[axis], minlength=count) for corner in corners)
     if not normalise:
         return normals
     length = np.sqrt(np.einsum("ij,ij->i", normals, normals))[:, None]
@@ -255,11 +270,17 @@ def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
     """
     if len(faces) == 0:
         return False
-    a = faces.reshape(-1).astype(np.int64)
-    b = faces[:, [1, 2, 0]].reshape(-1).astype(np.int64)
+    corners = _columns(faces)
+    a = np.concatenate(corners)  # edges v0 -> v1, v1 -> v2, v2 -> v0
+    b = np.concatenate(corners[1:] + corners[:1])
     if np.any(a == b):
         return False
-    keys = np.sort((np.minimum(a, b) * n_vertices + np.maximum(a, b)) * 2 + (a > b))
+    keys = np.minimum(a, b)
+    keys *= n_vertices
+    keys += np.maximum(a, b)
+    keys *= 2
+    keys += a > b
+    keys.sort()
     first, second = keys[0::2], keys[1::2]
     # Pairs (2k, 2k + 1): the edge once each way. A third use, or the same way twice, breaks
     # the pairing somewhere (sorted keys), so no further check is needed.
@@ -268,8 +289,8 @@ def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals from the (outward) face winding."""
-    v0 = vertices[faces[:, 0]]
-    return _normals_from(np.cross(vertices[faces[:, 1]] - v0, vertices[faces[:, 2]] - v0), faces, len(vertices))
+    corners = _columns(faces)
+    return _normals_from(_face_cross(vertices, corners)[1], corners, len(vertices))
 
 
 def _thread_count(threads: int | None) -> int:
@@ -350,16 +371,17 @@ def _smooth(polydata: vtkPolyData, factor: float) -> vtkPolyData:
     return smoother.GetOutput()
 
 
-def _arrays(polydata: vtkPolyData) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(polydata: vtkPolyData, corners: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(points, polygons) of polydata whose polygons all have `corners` corners."""
     points = polydata.GetPoints()
     if points is None or polydata.GetNumberOfPolys() == 0:
-        return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+        return np.zeros((0, 3)), np.zeros((0, corners), np.int64)
     vertices = vtk_to_numpy(points.GetData()).astype(np.float64)
     polys = polydata.GetPolys()
     offsets = vtk_to_numpy(polys.GetOffsetsArray())
-    if not np.all(np.diff(offsets) == 3):
-        raise RuntimeError("contour produced non-triangle polygons")
-    faces = vtk_to_numpy(polys.GetConnectivityArray()).astype(np.int64).reshape(-1, 3)
+    if not np.all(np.diff(offsets) == corners):
+        raise RuntimeError(f"expected polygons with {corners} corners only")
+    faces = vtk_to_numpy(polys.GetConnectivityArray()).astype(np.int64).reshape(-1, corners)
     return vertices, faces
 
 
@@ -582,36 +604,62 @@ SN_DEFAULT_SMOOTHING: dict[int, float] = {
 
 
 def _surface_nets(image: np.ndarray, values: list[int], iterations: int):
-    """Every label of `image` (z, y, x) in one pass: (raw points, smoothed points, triangles,
-    BoundaryLabels, points surface nets found in a non-manifold neighbourhood) in IJK. Raw points are the voxel-face (Lego) surface; smoothed ones are
-    the same points after VTK's constrained smoothing (the extraction is cached, so the
-    second update only smooths). Faces point from BoundaryLabels[:, 0] to [:, 1]."""
+    """Every label of `image` (z, y, x) in one pass: (raw points, smoothed points, quads,
+    BoundaryLabels, points surface nets found in a non-manifold neighbourhood) in IJK. Raw
+    points are the voxel-face (Lego) surface, at voxel corners; smoothed ones are the same
+    points after VTK's constrained smoothing. One update: the smoother's error vectors
+    (smoothed - raw) give the raw points back, where a second, unsmoothed update would
+    extract everything again (measured: caching keeps the smoothed points, not the raw).
+    Quads point from BoundaryLabels[:, 0] to [:, 1]; _split_quads makes the triangles VTK's
+    triangle output would have (quads: VTK skips that pass, we skip its doubled labels)."""
     nets = vtkSurfaceNets3D()
     nets.SetInputData(_image_from_binary(image))
     for i, value in enumerate(values):
         nets.SetValue(i, value)
     nets.SetBackgroundLabel(0)
-    nets.SetOutputMeshTypeToTriangles()
-    nets.DataCachingOn()
-    nets.SmoothingOff()
-    nets.Update()
-    raw = vtk_to_numpy(nets.GetOutput().GetPoints().GetData()).astype(np.float64)
+    nets.SetOutputMeshTypeToQuads()
+    nets.DataCachingOff()
     if iterations > 0:
         nets.SmoothingOn()
         nets.SetNumberOfIterations(iterations)
         nets.SetRelaxationFactor(SN_RELAXATION)
         nets.AutomaticSmoothingConstraintsOn()
         nets.SetConstraintScale(SN_CONSTRAINT_SCALE)
-        nets.Update()
+        nets.GetSmoother().GenerateErrorVectorsOn()
+    else:
+        nets.SmoothingOff()
+    nets.Update()
     output = nets.GetOutput()
-    smoothed, faces = _arrays(output)
-    if len(smoothed) != len(raw):
-        raise RuntimeError("surface nets smoothing changed the number of points")
+    smoothed, faces = _arrays(output, corners=4)
+    moved = nets.GetSmoother().GetOutput().GetPointData().GetArray("SmoothingErrorVectors") if iterations > 0 else None
+    if moved is not None and moved.GetNumberOfTuples() == len(smoothed):
+        # Voxel corners are half-integers: rounding removes float32 noise (measured: none).
+        raw = np.rint(2.0 * (smoothed - vtk_to_numpy(moved))) / 2.0
+    elif np.array_equal(2.0 * smoothed, np.rint(2.0 * smoothed)):  # nothing smoothed
+        raw = smoothed.copy()
+    else:
+        raise RuntimeError("surface nets smoothing gave no displacement per point")
     labels = vtk_to_numpy(output.GetCellData().GetArray("BoundaryLabels")).astype(np.int64).reshape(-1, 2)
     cases = output.GetPointData().GetArray("NonManifoldTableIndices")
     flagged = (np.flatnonzero(vtk_to_numpy(cases) != -2) if cases is not None
                else np.arange(len(raw)))  # without the array: check every point
     return raw, smoothed, faces, labels, flagged
+
+
+def _split_quads(quads: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(2Q, 3) triangles of (Q, 4) quads, split as vtkSurfaceNets3D's triangle output does
+    (TRIANGULATION_MIN_EDGE, its default): along diagonal 0-2 when it is strictly shorter
+    than 1-3 on `points` (its smoothed points), else along 1-3; both keep the quad's winding.
+    Squared lengths in float32, in VTK's order: VTK's points are float32, and near-ties
+    (diagonals equal to 1e-9) then split the same way."""
+    points = points.astype(np.float32)  # exact: they came from float32
+
+    def squared(a: int, b: int) -> np.ndarray:
+        d = np.take(points, quads[:, a], axis=0) - np.take(points, quads[:, b], axis=0)
+        return d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+
+    along_02 = squared(0, 2) < squared(1, 3)
+    return np.where(along_02[:, None], quads[:, [0, 2, 3, 2, 0, 1]], quads[:, [1, 3, 0, 3, 1, 2]]).reshape(-1, 3)
 
 
 def _decimate_patches(points: np.ndarray, faces: np.ndarray, labels: np.ndarray,
@@ -675,11 +723,9 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         box = tuple(slice(s.start - int(o) + PAD, s.stop - int(o) + PAD) for s, o in zip(boxes[value], low))
         binary = image[box] == value
         components, count = ndimage.label(binary)
-        if count == 1:
-            sizes = np.array([0, np.count_nonzero(binary)])
-        else:
-            sizes = np.bincount(components.reshape(-1), minlength=count + 1)
-        sizes[0] = 0
+        # Voxels per piece (index 0 stays 0): counting the label's voxels only, not its box.
+        sizes = (np.array([0, np.count_nonzero(binary)]) if count == 1
+                 else np.bincount(components[binary], minlength=count + 1))
         small = sizes < options.min_island_mm3 / voxel_mm3
         small[0] = False
         dropped = int(small.sum())
@@ -699,7 +745,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
                                 f"< {options.min_island_mm3:g} mm3")
         if count - dropped > 1:
             notes[value].append(f"{count - dropped} separate pieces")
-        pieces[value] = _Pieces(np.array([s.start - PAD for s in box]) + low, components, sizes)
+        pieces[value] = _Pieces(np.array([s.start for s in box]), components, sizes)
         meshed.append(value)
     if not meshed:
         return
@@ -710,7 +756,12 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     else:
         factors = {v: options.smoothing for v in meshed}
     strongest = max(factors.values())
-    raw, smoothed, faces, labels, flagged = _surface_nets(image, meshed, int(round(SN_ITERATIONS_PER_UNIT * strongest)))
+    raw, smoothed, quads, labels, flagged = _surface_nets(image, meshed, int(round(SN_ITERATIONS_PER_UNIT * strongest)))
+    faces = _split_quads(quads, smoothed)
+    # Each triangle's two voxels and labels are its quad's (raw still in the image's IJK).
+    sides = np.repeat(_quad_voxels(raw, quads, image, labels), 2, axis=1)
+    labels = np.repeat(labels, 2, axis=0)
+    del quads
     raw += origin_xyz
     smoothed += origin_xyz
     if strongest > 0 and min(factors.values()) < strongest:
@@ -721,7 +772,9 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         point_weight = np.ones(len(raw))
         for w in np.unique(face_weight)[::-1]:  # weakest written last
             point_weight[faces[face_weight == w].reshape(-1)] = w
-        smoothed = raw + point_weight[:, None] * (smoothed - raw)
+        smoothed -= raw
+        smoothed *= point_weight[:, None]
+        smoothed += raw
     # A structure cut by the edge of the scan ends in a flat cap on the volume's border: the
     # cap stays in that plane (smoothing would round it off and pull the end inwards by up
     # to the constraint, 1.7 voxel, shifting a vessel's centroid).
@@ -735,26 +788,30 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         raise OperationCancelled("meshing cancelled")
     if progress:
         progress("mesh", 0.6, "closed surface per label")
-    own = {v: _own_faces(faces, labels, v)[0] for v in meshed}  # wound outward
+    own = {v: _own_faces(faces, labels, v, sides) for v in meshed}  # wound outward, and their voxels
     # Where surface nets split a non-manifold corner into coincident copies of a point, a
     # label may need those copies as one point to close: per label, copies on open edges are
     # merged (ids), and every copy of such a point takes their mean position (for all labels).
-    remaps = {v: _closing_remap(own[v], raw, smoothed, flagged) for v in meshed}
-    label_faces = {v: _remapped_kept(own[v], remaps[v])[0] for v in meshed}
+    remaps = {v: _closing_remap(own[v][0], raw, smoothed, flagged) for v in meshed}
+    label_faces, face_voxels = {}, {}
+    for v in meshed:
+        label_faces[v], kept = _remapped_kept(own[v][0], remaps[v])
+        face_voxels[v] = own[v][1][kept]
+    del own
     if strongest > 0:
         # Volume per piece back to its voxel volume; smallest label first, and points a label
         # has settled stay put for the next one, so shared points move once.
         movable = ~border
         merged_copies = [(np.flatnonzero(r != np.arange(len(r))), r) for r in remaps.values() if r is not None]
         for value in sorted(meshed, key=lambda v: len(label_faces[v])):
-            piece = pieces[value].of_faces(raw, label_faces[value])
+            piece = pieces[value].of_voxels(face_voxels[value], image.shape)
             restored, _ = _restore_volumes(smoothed, raw, label_faces[value], piece, pieces[value].sizes, movable)
             if restored:
                 notes[value].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
             movable[label_faces[value].reshape(-1)] = False
             for merged, remap in merged_copies:  # merged copies follow the point kept
                 smoothed[merged] = smoothed[remap[merged]]
-    del pieces, image
+    del pieces, image, face_voxels, sides
     if options.decimation > 0:
         before = len(faces)
         faces, labels, skipped = _decimate_patches(smoothed, faces, labels, options.decimation)
@@ -763,14 +820,18 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
             notes[value].append(f"decimated {before} -> {len(faces)} faces (all labels, interfaces shared)"
                                 + (f"; {skipped} patch(es) kept whole" if skipped else ""))
 
+    linear, offset, mirrored = _physical_map(mask, system)
+    physical = _transform(smoothed, linear, offset)  # once for all labels
+
     def finish(value: int) -> LabelMesh:
         label = label_faces[value]
-        points = smoothed
+        points = physical
         if remaps[value] is not None:
             label, extra = _split_nonmanifold_edges(label, smoothed, remaps[value])
-            points = np.concatenate([smoothed, extra])
+            if len(extra):
+                points = np.concatenate([physical, _transform(extra, linear, offset)])
         vertices, label = _compact(points, label)
-        return _to_mesh(mask, value, vertices, label, notes[value], options)
+        return _label_mesh(value, vertices, label[:, ::-1] if mirrored else label, notes[value], system)
 
     # (Threads do not pay here: these are many short numpy calls, and two threads measured
     # 2.5x slower than one on 2 cores.)
@@ -781,49 +842,57 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
 
 @dataclass
 class _Pieces:
-    """One label's connected pieces (face connectivity) inside its box of the image."""
+    """One label's connected pieces (face connectivity) inside its box of the meshed image."""
 
-    start: np.ndarray  # (z, y, x) of the box's first voxel in the full volume
+    start: np.ndarray  # (z, y, x) of the box's first voxel in the meshed image
     components: np.ndarray  # piece number per voxel of the box, 0 = not the label
     sizes: np.ndarray  # voxels per piece number (0 for dropped islands)
 
-    def of_faces(self, raw: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Piece number of each outward face (raw points in full-volume IJK)."""
+    def of_voxels(self, voxels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+        """Piece number of each face from its voxel (flat index into the image of `shape`)."""
         if int(np.count_nonzero(self.sizes)) == 1:  # one piece: no lookup
-            return np.full(len(faces), int(np.argmax(self.sizes)), np.int64)
-        zyx = _inner_voxels(raw, faces) - self.start
-        _, ny, nx = self.components.shape
-        return self.components.reshape(-1)[(zyx[:, 0] * ny + zyx[:, 1]) * nx + zyx[:, 2]]
+            return np.full(len(voxels), int(np.argmax(self.sizes)), np.int64)
+        _, ny, nx = shape
+        z, rest = np.divmod(voxels, ny * nx)
+        y, x = np.divmod(rest, nx)
+        _, by, bx = self.components.shape
+        local = ((z - self.start[0]) * by + (y - self.start[1])) * bx + (x - self.start[2])
+        return np.take(self.components.reshape(-1), local)
 
 
-def _inner_voxels(raw: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(F, 3) (z, y, x) index of the voxel each outward face bounds.
+def _quad_voxels(raw: np.ndarray, quads: np.ndarray, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(2, Q) flat index into `image` of the voxel on each side of every quad, once for all
+    labels: row 0 the voxel of BoundaryLabels[:, 0], row 1 that of [:, 1]. `raw`: the
+    unsmoothed points in the image's IJK.
 
-    Unsmoothed, a surface-nets triangle is half of the unit square between two voxels: its
-    corners lie in the plane half-way between them, so its normal (right-hand winding,
-    here outward) is exactly a unit axis vector and its centroid sits 1/6 voxel off the
-    square's centre; half a voxel against the normal is the voxel's centre.
+    Unsmoothed, a surface-nets quad is the unit square between two face-adjacent voxels,
+    its corners on voxel corners; the midpoint of its diagonal 0-2 is the square's centre:
+    the voxels' index i along the two axes in its plane, c + 1/2 across it, between voxels
+    c and c + 1. The image says which of the two is which label.
     """
-    corner = [raw[column] for column in _columns(faces)]
-    e1, e2 = corner[1] - corner[0], corner[2] - corner[0]
-    inner = []
-    for k in (2, 1, 0):  # z, y, x
-        i, j = (k + 1) % 3, (k + 2) % 3
-        normal = e1[:, i] * e2[:, j] - e1[:, j] * e2[:, i]  # -1, 0 or 1
-        centre = corner[0][:, k] + (e1[:, k] + e2[:, k]) / 3.0
-        inner.append(np.rint(centre - 0.5 * normal).astype(np.int64))
-    return np.stack(inner, axis=1)
+    centre = np.take(raw, quads[:, 0], axis=0)
+    centre += np.take(raw, quads[:, 2], axis=0)
+    centre /= 2
+    lower = np.rint(centre - 0.25)  # i along the square, c across it (room for float noise)
+    across = (centre - lower) > 0.25  # True on the one axis across the square
+    _, ny, nx = image.shape
+    lower = lower.astype(np.int64)
+    first = lower[:, 0] + nx * (lower[:, 1] + ny * lower[:, 2])
+    second = first + np.where(across[:, 0], 1, np.where(across[:, 1], nx, nx * ny))
+    swap = np.take(image.reshape(-1), first) != labels[:, 0]
+    return np.stack([np.where(swap, second, first), np.where(swap, first, second)])
 
 
-def _own_faces(faces: np.ndarray, labels: np.ndarray, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _own_faces(faces: np.ndarray, labels: np.ndarray, value: int,
+               sides: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The faces of one label wound so their normals point out of it (surface nets winds
-    each face from BoundaryLabels[:, 0] towards [:, 1]), with each face's row in `faces`
-    and the BoundaryLabels column that is this label."""
+    each face from BoundaryLabels[:, 0] towards [:, 1]), and with `sides` (_quad_voxels,
+    per face) the voxel of this label each face bounds."""
     first = np.flatnonzero(labels[:, 0] == value)
     second = np.flatnonzero(labels[:, 1] == value)
-    selected = np.concatenate([faces[first], faces[second][:, ::-1]])
-    column = np.repeat(np.array([0, 1], np.int64), [len(first), len(second)])
-    return selected, np.concatenate([first, second]), column
+    selected = np.concatenate([np.take(faces, first, axis=0), np.take(faces, second, axis=0)[:, ::-1]])
+    voxels = None if sides is None else np.concatenate([np.take(sides[0], first), np.take(sides[1], second)])
+    return selected, voxels
 
 
 # A piece whose volume the first correction changed by more than this is measured again.
@@ -853,9 +922,9 @@ def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, p
     corners = _columns(faces)
 
     def geometry():
-        p0 = smoothed[corners[0]]
-        cross = np.cross(smoothed[corners[1]] - p0, smoothed[corners[2]] - p0)
-        per_face = np.einsum("ij,ij->i", p0 - centre, cross) / 6.0
+        p0, cross = _face_cross(smoothed, corners)
+        p0 -= centre
+        per_face = np.einsum("ij,ji->i", p0, cross) / 6.0
         return cross, np.bincount(piece, weights=per_face, minlength=count)
 
     cross, after = geometry()
@@ -1015,17 +1084,43 @@ def _remapped_kept(faces: np.ndarray, remap: np.ndarray | None) -> tuple[np.ndar
     return faces[kept], kept
 
 
+def _physical_map(mask: Volume, system: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """IJK -> mm in `system` as (3x3 linear part, offset, mirrored). Mirrored: the direction
+    matrix has a negative determinant, which turns outward normals inward, so faces are
+    flipped. LPS -> RAS negates x and y, a rotation (det +1): winding unchanged."""
+    matrix = mask.index_to_physical_matrix()
+    linear, offset = matrix[:3, :3].copy(), matrix[:3, 3].copy()
+    mirrored = bool(np.linalg.det(linear) < 0)
+    if system == "RAS":
+        linear[:2] *= -1.0
+        offset[:2] *= -1.0
+    return linear, offset, mirrored
+
+
+def _transform(points: np.ndarray, linear: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """points @ linear.T + offset, one output column at a time (a BLAS matmul with a
+    3-wide inner dimension measured ~4x slower)."""
+    out = np.empty((len(points), 3))
+    for k in range(3):
+        np.multiply(points[:, 0], linear[k, 0], out=out[:, k])
+        out[:, k] += points[:, 1] * linear[k, 1]
+        out[:, k] += points[:, 2] * linear[k, 2]
+        out[:, k] += offset[k]
+    return out
+
+
 def _to_mesh(mask: Volume, value: int, vertices: np.ndarray, faces: np.ndarray, notes: list[str],
              options: MeshOptions) -> LabelMesh:
     """IJK vertices and outward faces -> LabelMesh in mm in the requested system."""
-    matrix = mask.index_to_physical_matrix()
-    linear = matrix[:3, :3]
-    vertices = vertices @ linear.T + matrix[:3, 3]
-    if np.linalg.det(linear) < 0:  # a mirroring direction matrix turns outward normals inward
-        faces = faces[:, ::-1].copy()
     system = options.coordinate_system.upper()
-    if system == "RAS":
-        vertices[:, :2] *= -1.0  # LPS -> RAS is a rotation (det +1): winding unchanged
+    linear, offset, mirrored = _physical_map(mask, system)
+    return _label_mesh(value, _transform(vertices, linear, offset), faces[:, ::-1] if mirrored else faces,
+                       notes, system)
+
+
+def _label_mesh(value: int, vertices: np.ndarray, faces: np.ndarray, notes: list[str], system: str) -> LabelMesh:
+    """LabelMesh from vertices in mm and outward faces: closedness, volume, area, normals."""
+    faces = np.ascontiguousarray(faces)
     closed = is_closed_and_consistent(faces, len(vertices))
     if not closed:
         notes = notes + ["surface is not closed"]
@@ -1146,13 +1241,6 @@ def mesh_labels(
 # --------------------------------------------------------------------------- files
 
 
-def _rows(template: str, array: np.ndarray, chunk: int = 200_000):
-    """Format rows of a 2D array with one %-template per row, in C-speed chunks."""
-    for start in range(0, len(array), chunk):
-        block = array[start : start + chunk]
-        yield (template * len(block)) % tuple(block.reshape(-1).tolist())
-
-
 _SPACE, _ZERO = ord(" "), ord("0")
 
 
@@ -1229,61 +1317,84 @@ _FRACTION_LUT = np.stack([np.arange(10000) // 10**k % 10 for k in (3, 2, 1, 0)],
 # Whole parts 0..9999 right-aligned in 5 columns, then the same with a '-' before the digits.
 _WHOLE_LUT = np.concatenate([_lut(5, np.arange(10000)), _lut(5, np.arange(10000))])
 _WHOLE_LUT[10000 + np.arange(10000), 4 - _digit_count(np.arange(10000))] = ord("-")
-_FRACTION_WORDS = np.ascontiguousarray(_FRACTION_LUT).view("V4").reshape(-1)
+# '.' and the 4 decimals of 0..9999, one opaque 5-byte item each; '0000'..'9999' as uint32.
+_FRACTION_WORDS = np.concatenate([np.full((10000, 1), ord("."), np.uint8), _FRACTION_LUT], axis=1).view("V5").reshape(-1)
+_QUADS = np.ascontiguousarray(_FRACTION_LUT).view(np.uint32).reshape(-1)
 
 
-def _fixed_lines(prefix: bytes, array: np.ndarray) -> bytes:
+@functools.lru_cache(maxsize=8)
+def _whole_words(width: int) -> np.ndarray:
+    """' ' and the whole part right-aligned in width + 1 (room for '-'): 0..9999, then -0..-9999."""
+    table = np.full((20000, width + 2), _SPACE, np.uint8)
+    table[:, 1:] = _WHOLE_LUT[:, 4 - width :]
+    return table.view(f"V{width + 2}").reshape(-1)
+
+
+def _fixed_lines(prefix: bytes, array: np.ndarray) -> np.ndarray:
     """Rows of floats as '<prefix> x y z' lines with 4 decimals, in fixed-width columns
-    (extra spaces are legal OBJ whitespace): whole parts and decimals looked up in tables,
-    ~50x faster than %-formatting."""
-    units = np.rint(np.asarray(array, np.float64) * 1e4).astype(np.int64)
-    if len(units) and np.abs(units).max() >= 10**8:  # 10 m or more: the general path
-        return _fixed_lines_general(prefix, array)
-    negative = units < 0
-    units = np.abs(units)
-    whole, fraction = units // 10000, units % 10000
-    width = max(1, len(str(int(whole.max())))) if len(units) else 1
-    rows, cols = units.shape
-    field = 2 + width + 5  # space, sign, digits, '.', 4 decimals
-    line = np.empty((rows, len(prefix) + cols * field + 1), np.uint8)
-    line[:, :len(prefix)] = np.frombuffer(prefix, np.uint8)
-    line[:, -1] = ord("\n")
-    for c in range(cols):
-        start = len(prefix) + c * field
-        line[:, start] = _SPACE
-        whole_lut = np.ascontiguousarray(_WHOLE_LUT[:, 4 - width :]).view(f"V{width + 1}").reshape(-1)
-        line[:, start + 1 : start + 2 + width] = whole_lut[whole[:, c] + 10000 * negative[:, c]][:, None].view(np.uint8)
-        line[:, start + 2 + width] = ord(".")
-        line[:, start + 3 + width : start + 7 + width] = _FRACTION_WORDS[fraction[:, c]][:, None].view(np.uint8)
-    return line.tobytes()
+    (extra spaces are legal OBJ whitespace), as a byte array: whole parts and decimals looked
+    up in tables (float arithmetic, np.take into one opaque field each), ~50x faster than
+    %-formatting."""
+    columns = np.asarray(array, np.float64).T
+    scaled = np.rint(columns * 1e4)
+    magnitude = np.abs(scaled)
+    if scaled.size and magnitude.max() >= 1e8:  # 10 m or more: the general path
+        return np.frombuffer(_fixed_lines_general(prefix, array), np.uint8)
+    whole = np.floor(magnitude / 1e4)  # exact: magnitude is a whole number below 1e8
+    fraction = (magnitude - whole * 1e4).astype(np.intp)
+    width = len(str(int(whole.max()))) if whole.size else 1
+    index = whole.astype(np.intp)
+    index += (scaled < 0) * 10000  # -0.0 (rounded to zero) is not negative
+    words = _whole_words(width)
+    fields = [("prefix", f"V{len(prefix)}")]
+    for c in range(len(columns)):
+        fields += [(f"whole{c}", f"V{width + 2}"), (f"fraction{c}", "V5")]
+    line = np.empty(columns.shape[1], np.dtype(fields + [("end", "V1")]))
+    line["prefix"] = prefix
+    line["end"] = b"\n"
+    for c in range(len(columns)):
+        line[f"whole{c}"] = np.take(words, index[c])
+        line[f"fraction{c}"] = np.take(_FRACTION_WORDS, fraction[c])
+    return line.view(np.uint8)
 
 
-def _face_lines(faces: np.ndarray, first: int = 1) -> bytes:
-    """Faces of 0-based indices as 'f a//a b//b c//c' lines numbered from `first` (vertex and
-    normal share the index): one 'a//a' token per vertex in a table, gathered per corner."""
-    rows = len(faces)
-    if rows == 0:
-        return b""
-    count = int(faces.max()) + 1
-    width = len(str(first + count - 1))
-    token = 1 + width + 2 + width  # space, right-aligned index, '//', left-aligned index
+def _index_tokens(first: int, count: int) -> np.ndarray:
+    """' a//a' for a = first .. first + count - 1, one opaque item each: a right-aligned,
+    '//', a left-aligned, both in the width of the largest."""
+    last = first + count - 1
+    width = len(str(last))
+    token = 2 * width + 3
     table = np.full((count, token), _SPACE, np.uint8)
-    numbers = np.arange(first, first + count)
-    table[:, 1 : 1 + width] = _lut(width, numbers)
+    rest = np.arange(first, first + count)
+    end = 1 + width
+    while end > 1:  # four digits at a time, from the right, with leading zeros
+        chunk = min(4, end - 1)
+        table[:, end - chunk : end] = np.take(_QUADS, rest % 10000).view(np.uint8).reshape(count, 4)[:, 4 - chunk :]
+        rest //= 10000
+        end -= chunk
     table[:, 1 + width : 3 + width] = ord("/")
-    digits = _digit_count(numbers)
-    for d in np.unique(digits):  # left-aligned copy: the same digits, shifted by the padding
-        rows_d = np.flatnonzero(digits == d)
-        table[rows_d, 3 + width : 3 + width + d] = table[rows_d, 1 + width - d : 1 + width]
-    # Whole rows as one opaque item each: numpy gathers those ~10x faster than byte columns.
-    tokens = np.ascontiguousarray(table).view(f"V{token}").reshape(-1)
-    line = np.empty(rows, np.dtype([("f", "V1"), ("a", f"V{token}"), ("b", f"V{token}"), ("c", f"V{token}"),
-                                    ("n", "V1")]))
+    for digits in range(len(str(first)), width + 1):  # the numbers with `digits` digits: one run
+        lo, hi = max(first, 10 ** (digits - 1)) - first, min(last + 1, 10**digits) - first
+        table[lo:hi, 1 : 1 + width - digits] = _SPACE  # leading zeros
+        table[lo:hi, 3 + width : 3 + width + digits] = table[lo:hi, 1 + width - digits : 1 + width]
+    return table.view(f"V{token}").reshape(-1)
+
+
+def _face_lines(faces: np.ndarray, first: int = 1) -> np.ndarray:
+    """Faces of 0-based indices as 'f a//a b//b c//c' lines numbered from `first` (vertex and
+    normal share the index), as a byte array: one 'a//a' token per vertex in a table,
+    gathered per corner."""
+    if len(faces) == 0:
+        return np.zeros(0, np.uint8)
+    corners = _columns(faces)
+    tokens = _index_tokens(first, int(max(corner.max() for corner in corners)) + 1)
+    token = f"V{tokens.itemsize}"
+    line = np.empty(len(faces), np.dtype([("f", "V1"), ("a", token), ("b", token), ("c", token), ("end", "V1")]))
     line["f"] = b"f"
-    line["n"] = b"\n"
-    for c, name in enumerate("abc"):
-        line[name] = tokens[faces[:, c]]
-    return line.tobytes()
+    line["end"] = b"\n"
+    for name, corner in zip("abc", corners):
+        line[name] = np.take(tokens, corner)
+    return line.view(np.uint8)
 
 
 def _rgb(color: str) -> tuple[float, float, float]:

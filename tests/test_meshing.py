@@ -501,6 +501,32 @@ def test_obj_has_named_objects_materials_and_coordinate_header(three_structures,
         assert loaded.is_winding_consistent and loaded.volume > 0
 
 
+def test_obj_numbers_are_the_meshes(three_structures, tmp_path):
+    """Every v, vn and f line of the OBJ, parsed: vertices and normals to the 4 written
+    decimals, faces with v//vn the same index, numbered on from the previous object."""
+    meshes = [*three_structures]
+    extra = LabelMesh(int(Label.VEIN), "vein", COLORS[int(Label.VEIN)],
+                      np.array([[-0.00004, 999.99996, -1234.56785], [0.5, -0.49996, 9.99995], [-3.0, 0.0, 1e-7]]),
+                      np.array([[0, 1, 2]]), 0.0, 0.0, False, coordinate_system="RAS",
+                      normals=np.array([[-0.00004, 0.99999, -1.0], [0.0, -0.6, 0.8], [1.0, 0.0, -0.0]]))
+    meshes.append(extra)
+    (path, _) = write_meshes(meshes, tmp_path / "case.obj")
+    rows = {"v": [], "vn": [], "f": []}
+    for line in path.read_text().splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind in rows:
+            rows[kind].append(rest.split())
+    vertices = np.array(rows["v"], float)
+    normals = np.array(rows["vn"], float)
+    np.testing.assert_allclose(vertices, np.concatenate([m.vertices for m in meshes]), rtol=0, atol=0.5e-4 + 1e-9)
+    np.testing.assert_allclose(normals, np.concatenate([m.normals for m in meshes]), rtol=0, atol=0.5e-4 + 1e-9)
+    assert all(len(field) == 4 for row in rows["v"] + rows["vn"] for field in [row[0].split(".")[1]])
+    pairs = np.array([[token.split("//") for token in row] for row in rows["f"]], int)  # (F, 3, 2)
+    np.testing.assert_array_equal(pairs[..., 0], pairs[..., 1])
+    firsts = np.cumsum([1] + [len(m.vertices) for m in meshes])[:-1]
+    np.testing.assert_array_equal(pairs[..., 0], np.concatenate([m.faces + f for m, f in zip(meshes, firsts)]))
+
+
 @pytest.mark.parametrize("fmt", ["stl", "ply", "glb"])
 def test_other_formats_load_back(three_structures, tmp_path, fmt):
     (path,) = write_meshes(three_structures, tmp_path / f"case.{fmt}", fmt=fmt)
@@ -619,6 +645,72 @@ def test_each_label_is_contoured_inside_its_own_box(monkeypatch):
     for mesh in mesh_labels(Volume(array, tuple(SPACING))):
         assert_closed(mesh)
     assert seen == [(34 + pad, 160 + pad, 140 + pad)]
+
+
+# --------------------------------------------------------------------------- surface nets bookkeeping
+
+
+@pytest.fixture(scope="module")
+def tangled_labels() -> np.ndarray:
+    """Three labels from thresholded smoothed noise, padded with background: touching
+    labels, islands, and pieces meeting along an edge or at a corner (non-manifold cases)."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(np.random.default_rng(RNG_SEED).normal(size=(18, 22, 26)), 1.5)
+    levels = np.quantile(field, [0.55, 0.7, 0.85])
+    image = np.zeros((20, 24, 28), np.uint8)
+    image[1:-1, 1:-1, 1:-1] = np.digitize(field, levels)
+    image[image == 1] = Label.KIDNEY
+    image[image == 2] = Label.TUMOR
+    image[image == 3] = Label.FAT
+    return image
+
+
+def test_surface_nets_raw_points_quads_and_their_voxels(tangled_labels):
+    """The bookkeeping surface nets' output rests on: raw points (from the smoother's
+    displacements) are the unsmoothed extraction's; each quad's two voxels (_quad_voxels)
+    are face neighbours carrying the quad's BoundaryLabels, with the unsmoothed quad the
+    square between them; the quads split into VTK's own triangles (_split_quads)."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+    from vtkmodules.vtkFiltersCore import vtkSurfaceNets3D
+
+    import smoothing_svc.meshing as meshing
+
+    image = tangled_labels
+    values = [int(Label.KIDNEY), int(Label.TUMOR), int(Label.FAT)]
+    raw, smoothed, quads, labels, _ = meshing._surface_nets(image, values, 16)
+    unsmoothed, _, same_quads, same_labels, _ = meshing._surface_nets(image, values, 0)
+    np.testing.assert_array_equal(raw, unsmoothed)
+    np.testing.assert_array_equal(quads, same_quads)
+    np.testing.assert_array_equal(labels, same_labels)
+    assert np.abs(smoothed - raw).max() > 0.1  # smoothing did move points
+
+    sides = meshing._quad_voxels(raw, quads, image, labels)
+    np.testing.assert_array_equal(image.reshape(-1)[sides[0]], labels[:, 0])
+    np.testing.assert_array_equal(image.reshape(-1)[sides[1]], labels[:, 1])
+    first, second = (np.stack(np.unravel_index(side, image.shape), axis=1)[:, ::-1] for side in sides)  # x, y, z
+    step = np.abs(second - first)
+    assert np.all(step.sum(axis=1) == 1)  # face neighbours
+    corners = raw[quads]  # (Q, 4, 3)
+    middle = (first + second) / 2.0
+    across = step.astype(bool)
+    # The unsmoothed quad: on the plane between the two voxels, its corners half a voxel
+    # either way along the other two axes (the shared face's square).
+    offset = np.abs(corners - middle[:, None, :])
+    np.testing.assert_array_equal(offset, np.broadcast_to(np.where(across, 0.0, 0.5)[:, None, :], offset.shape))
+
+    nets = vtkSurfaceNets3D()
+    nets.SetInputData(meshing._image_from_binary(image))
+    for i, value in enumerate(values):
+        nets.SetValue(i, value)
+    nets.SetBackgroundLabel(0)
+    nets.SetOutputMeshTypeToTriangles()
+    nets.SetNumberOfIterations(16)
+    nets.SetRelaxationFactor(meshing.SN_RELAXATION)
+    nets.SetConstraintScale(meshing.SN_CONSTRAINT_SCALE)
+    nets.Update()
+    triangles = vtk_to_numpy(nets.GetOutput().GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    np.testing.assert_array_equal(meshing._split_quads(quads, smoothed), triangles)
 
 
 # --------------------------------------------------------------------------- interfaces on the phantom
