@@ -235,8 +235,11 @@ def _face_cross(points: np.ndarray, corners: list[np.ndarray]) -> tuple[np.ndarr
     as their _columns. np.take and the cross written out per component: ~3x faster than
     fancy indexing and np.cross; (3, F) rows are the contiguous weights bincount wants."""
     v0 = np.take(points, corners[0], axis=0)
-    u = (np.take(points, corners[1], axis=0) - v0).T
-    w = (np.take(points, corners[2], axis=0) - v0).T
+    u = np.take(points, corners[1], axis=0)
+    u -= v0
+    w = np.take(points, corners[2], axis=0)
+    w -= v0
+    u, w = u.T, w.T
     cross = np.empty((3, len(v0)))
     for axis in range(3):
         i, j = (axis + 1) % 3, (axis + 2) % 3
@@ -270,21 +273,24 @@ def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
     """
     if len(faces) == 0:
         return False
-    corners = _columns(faces)
+    faces = np.asarray(faces)
+    narrow = faces.astype(np.int32 if n_vertices < 2**30 else np.int64)  # the key needs 64 bits, min/max not
+    corners = [np.ascontiguousarray(narrow[:, corner]) for corner in range(3)]
     a = np.concatenate(corners)  # edges v0 -> v1, v1 -> v2, v2 -> v0
     b = np.concatenate(corners[1:] + corners[:1])
     if np.any(a == b):
         return False
-    keys = np.minimum(a, b)
-    keys *= n_vertices
-    keys += np.maximum(a, b)
-    keys *= 2
-    keys += a > b
+    keys = np.minimum(a, b).astype(np.int64)
+    keys *= 2 * n_vertices
+    rest = np.maximum(a, b)
+    rest *= 2
+    rest += a > b
+    keys += rest
     keys.sort()
-    first, second = keys[0::2], keys[1::2]
-    # Pairs (2k, 2k + 1): the edge once each way. A third use, or the same way twice, breaks
-    # the pairing somewhere (sorted keys), so no further check is needed.
-    return bool(len(keys) % 2 == 0 and np.all(first % 2 == 0) and np.array_equal(second, first + 1))
+    # Pairs (2k, 2k + 1): the edge once each way, i.e. each odd-placed key is its even
+    # neighbour with the direction bit set (sorted: it cannot be the neighbour minus one).
+    # A third use, or the same way twice, breaks the pairing somewhere.
+    return bool(len(keys) % 2 == 0 and np.array_equal(keys[1::2] ^ 1, keys[0::2]))
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -653,13 +659,18 @@ def _split_quads(quads: np.ndarray, points: np.ndarray) -> np.ndarray:
     Squared lengths in float32, in VTK's order: VTK's points are float32, and near-ties
     (diagonals equal to 1e-9) then split the same way."""
     points = points.astype(np.float32)  # exact: they came from float32
+    corner = [np.ascontiguousarray(quads[:, k]) for k in range(4)]
 
     def squared(a: int, b: int) -> np.ndarray:
-        d = np.take(points, quads[:, a], axis=0) - np.take(points, quads[:, b], axis=0)
+        d = np.take(points, corner[a], axis=0) - np.take(points, corner[b], axis=0)
         return d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
 
     along_02 = squared(0, 2) < squared(1, 3)
-    return np.where(along_02[:, None], quads[:, [0, 2, 3, 2, 0, 1]], quads[:, [1, 3, 0, 3, 1, 2]]).reshape(-1, 3)
+    triangles = np.empty((len(quads), 6), np.int64)
+    for column, (on_02, on_13) in enumerate(zip((0, 2, 3, 2, 0, 1), (1, 3, 0, 3, 1, 2))):
+        np.copyto(triangles[:, column], corner[on_13])
+        np.copyto(triangles[:, column], corner[on_02], where=along_02)
+    return triangles.reshape(-1, 3)
 
 
 def _decimate_patches(points: np.ndarray, faces: np.ndarray, labels: np.ndarray,
@@ -717,12 +728,16 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     notes: dict[int, list[str]] = {}
     pieces: dict[int, _Pieces] = {}
     meshed = []
+    # One int32 scratch for ndimage.label's piece numbers of every label; only a label left
+    # with several pieces keeps a copy, in the narrowest type (fresh memory is slow to touch).
+    scratch = np.empty(max(int(np.prod([s.stop - s.start for s in boxes[v]])) for v in present), np.int32)
     for value in present:
         if cancelled and cancelled():
             raise OperationCancelled("meshing cancelled")
         box = tuple(slice(s.start - int(o) + PAD, s.stop - int(o) + PAD) for s, o in zip(boxes[value], low))
         binary = image[box] == value
-        components, count = ndimage.label(binary)
+        components = scratch[: binary.size].reshape(binary.shape)
+        count = ndimage.label(binary, output=components)
         # Voxels per piece (index 0 stays 0): counting the label's voxels only, not its box.
         sizes = (np.array([0, np.count_nonzero(binary)]) if count == 1
                  else np.bincount(components[binary], minlength=count + 1))
@@ -743,10 +758,13 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
             sizes[small] = 0
             notes[value].append(f"dropped {dropped} island{'s' if dropped > 1 else ''} "
                                 f"< {options.min_island_mm3:g} mm3")
-        if count - dropped > 1:
+        several = count - dropped > 1
+        if several:
             notes[value].append(f"{count - dropped} separate pieces")
-        pieces[value] = _Pieces(np.array([s.start for s in box]), components, sizes)
+        pieces[value] = _Pieces(np.array([s.start for s in box]),
+                                components.astype(np.min_scalar_type(count)) if several else None, sizes)
         meshed.append(value)
+    del scratch
     if not meshed:
         return
     if progress:
@@ -770,7 +788,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
             weight[value] = factor / strongest
         face_weight = np.minimum(weight[labels[:, 0]], weight[labels[:, 1]])
         point_weight = np.ones(len(raw))
-        for w in np.unique(face_weight)[::-1]:  # weakest written last
+        for w in np.unique(face_weight[face_weight < 1])[::-1]:  # weakest written last
             point_weight[faces[face_weight == w].reshape(-1)] = w
         smoothed -= raw
         smoothed *= point_weight[:, None]
@@ -788,7 +806,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         raise OperationCancelled("meshing cancelled")
     if progress:
         progress("mesh", 0.6, "closed surface per label")
-    own = {v: _own_faces(faces, labels, v, sides) for v in meshed}  # wound outward, and their voxels
+    own = _own_faces(faces, labels, meshed, sides)  # per label: wound outward, and their voxels
     # Where surface nets split a non-manifold corner into coincident copies of a point, a
     # label may need those copies as one point to close: per label, copies on open edges are
     # merged (ids), and every copy of such a point takes their mean position (for all labels).
@@ -811,14 +829,18 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
             movable[label_faces[value].reshape(-1)] = False
             for merged, remap in merged_copies:  # merged copies follow the point kept
                 smoothed[merged] = smoothed[remap[merged]]
-    del pieces, image, face_voxels, sides
+        del movable
+    del pieces, image, face_voxels, sides, raw, border
     if options.decimation > 0:
         before = len(faces)
         faces, labels, skipped = _decimate_patches(smoothed, faces, labels, options.decimation)
-        label_faces = {v: _remapped_kept(_own_faces(faces, labels, v)[0], remaps[v])[0] for v in meshed}
+        own = _own_faces(faces, labels, meshed)
+        label_faces = {v: _remapped_kept(own[v][0], remaps[v])[0] for v in meshed}
+        del own
         for value in meshed:
             notes[value].append(f"decimated {before} -> {len(faces)} faces (all labels, interfaces shared)"
                                 + (f"; {skipped} patch(es) kept whole" if skipped else ""))
+    del faces, labels  # each label's faces are in label_faces
 
     linear, offset, mirrored = _physical_map(mask, system)
     physical = _transform(smoothed, linear, offset)  # once for all labels
@@ -833,9 +855,10 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         vertices, label = _compact(points, label)
         return _label_mesh(value, vertices, label[:, ::-1] if mirrored else label, notes[value], system)
 
-    # (Threads do not pay here: these are many short numpy calls, and two threads measured
-    # 2.5x slower than one on 2 cores.)
-    for value in meshed:
+    # Largest first: its temporaries then sit on fewer finished meshes (a lower memory peak;
+    # fresh memory is slow to touch). (Threads do not pay here: these are many short numpy
+    # calls, and two threads measured 2.5x slower than one on 2 cores.)
+    for value in sorted(meshed, key=lambda v: -len(label_faces[v])):
         meshes[value] = finish(value)
 
 
@@ -845,19 +868,19 @@ class _Pieces:
     """One label's connected pieces (face connectivity) inside its box of the meshed image."""
 
     start: np.ndarray  # (z, y, x) of the box's first voxel in the meshed image
-    components: np.ndarray  # piece number per voxel of the box, 0 = not the label
+    components: np.ndarray | None  # piece number per voxel of the box, 0 = not the label; None: one piece
     sizes: np.ndarray  # voxels per piece number (0 for dropped islands)
 
     def of_voxels(self, voxels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
         """Piece number of each face from its voxel (flat index into the image of `shape`)."""
-        if int(np.count_nonzero(self.sizes)) == 1:  # one piece: no lookup
+        if self.components is None:  # one piece: no lookup
             return np.full(len(voxels), int(np.argmax(self.sizes)), np.int64)
         _, ny, nx = shape
         z, rest = np.divmod(voxels, ny * nx)
         y, x = np.divmod(rest, nx)
         _, by, bx = self.components.shape
         local = ((z - self.start[0]) * by + (y - self.start[1])) * bx + (x - self.start[2])
-        return np.take(self.components.reshape(-1), local)
+        return np.take(self.components.reshape(-1), local).astype(np.int64)
 
 
 def _quad_voxels(raw: np.ndarray, quads: np.ndarray, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -883,16 +906,25 @@ def _quad_voxels(raw: np.ndarray, quads: np.ndarray, image: np.ndarray, labels: 
     return np.stack([np.where(swap, second, first), np.where(swap, first, second)])
 
 
-def _own_faces(faces: np.ndarray, labels: np.ndarray, value: int,
-               sides: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The faces of one label wound so their normals point out of it (surface nets winds
-    each face from BoundaryLabels[:, 0] towards [:, 1]), and with `sides` (_quad_voxels,
-    per face) the voxel of this label each face bounds."""
-    first = np.flatnonzero(labels[:, 0] == value)
-    second = np.flatnonzero(labels[:, 1] == value)
-    selected = np.concatenate([np.take(faces, first, axis=0), np.take(faces, second, axis=0)[:, ::-1]])
-    voxels = None if sides is None else np.concatenate([np.take(sides[0], first), np.take(sides[1], second)])
-    return selected, voxels
+def _own_faces(faces: np.ndarray, labels: np.ndarray, values: list[int],
+               sides: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """Per label of `values`: its faces wound so their normals point out of it (surface nets
+    winds each face from BoundaryLabels[:, 0] towards [:, 1]), and with `sides`
+    (_quad_voxels, per face) the voxel of this label each face bounds. One stable sort per
+    BoundaryLabels column (a radix sort: labels fit a byte) groups the faces of all labels."""
+    groups = []
+    for column in (0, 1):
+        key = labels[:, column].astype(np.uint8)
+        order = np.argsort(key, kind="stable")  # ascending face order within each label
+        bounds = np.searchsorted(key[order], [[v, v + 1] for v in values]).tolist()
+        groups.append((order, bounds))
+    own = {}
+    for i, value in enumerate(values):
+        first, second = (order[slice(*bounds[i])] for order, bounds in groups)
+        selected = np.concatenate([np.take(faces, first, axis=0), np.take(faces, second, axis=0)[:, ::-1]])
+        voxels = None if sides is None else np.concatenate([np.take(sides[0], first), np.take(sides[1], second)])
+        own[value] = (selected, voxels)
+    return own
 
 
 # A piece whose volume the first correction changed by more than this is measured again.
