@@ -216,10 +216,9 @@ def _surface_stats(vertices: np.ndarray, faces: np.ndarray,
     if len(faces) == 0:
         return 0.0, 0.0, np.zeros((len(vertices), 3)) if normals else None
     corners = _columns(faces)
-    v0, cross = _face_cross(vertices, corners)
-    # Centre first: keeps the sum well conditioned far from the origin.
-    v0 -= vertices.mean(axis=0)
-    volume = float(np.einsum("ij,ji->", v0, cross) / 6.0)
+    # Relative to a point of the surface: keeps the sum well conditioned far from the origin.
+    cross, dots = _face_cross(vertices, corners, vertices[corners[0][0]])
+    volume = float(dots.sum() / 6.0)
     area = float(np.sqrt(np.einsum("ij,ij->j", cross, cross)).sum() / 2.0)
     return volume, area, _normals_from(cross, corners, len(vertices)) if normals else None
 
@@ -230,22 +229,39 @@ def _columns(faces: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(faces[:, corner], dtype=np.int64) for corner in range(3)]
 
 
-def _face_cross(points: np.ndarray, corners: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(first corners (F, 3), cross products (v1 - v0) x (v2 - v0) as (3, F)) of faces given
-    as their _columns. np.take and the cross written out per component: ~3x faster than
-    fancy indexing and np.cross; (3, F) rows are the contiguous weights bincount wants."""
-    v0 = np.take(points, corners[0], axis=0)
-    u = np.take(points, corners[1], axis=0)
-    u -= v0
-    w = np.take(points, corners[2], axis=0)
-    w -= v0
-    u, w = u.T, w.T
-    cross = np.empty((3, len(v0)))
-    for axis in range(3):
-        i, j = (axis + 1) % 3, (axis + 2) % 3
-        np.multiply(u[i], w[j], out=cross[axis])
-        cross[axis] -= u[j] * w[i]
-    return v0, cross
+# Faces per _face_cross chunk: its temporaries stay in cache (measured ~15% faster than
+# one pass over 400k faces) and fresh memory small.
+CROSS_CHUNK = 1 << 15
+
+
+def _face_cross(points: np.ndarray, corners: list[np.ndarray],
+                centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cross products (v1 - v0) x (v2 - v0) of faces given as their _columns, as (3, F)
+    rows (the contiguous weights bincount wants), and with `centre` each face's
+    (v0 - centre) . cross (6 x the signed volume of the tetrahedron (centre, face)).
+    np.take and the cross written out per component: ~3x faster than fancy indexing and
+    np.cross."""
+    count = len(corners[0])
+    cross = np.empty((3, count))
+    dots = None if centre is None else np.empty(count)
+    for start in range(0, count, CROSS_CHUNK):
+        end = min(start + CROSS_CHUNK, count)
+        c0, c1, c2 = (corner[start:end] for corner in corners)
+        v0 = np.take(points, c0, axis=0)
+        u = np.take(points, c1, axis=0)
+        u -= v0
+        w = np.take(points, c2, axis=0)
+        w -= v0
+        u, w = u.T, w.T
+        out = cross[:, start:end]
+        for axis in range(3):
+            i, j = (axis + 1) % 3, (axis + 2) % 3
+            np.multiply(u[i], w[j], out=out[axis])
+            out[axis] -= u[j] * w[i]
+        if dots is not None:
+            v0 -= centre
+            dots[start:end] = np.einsum("ij,ji->i", v0, out)
+    return cross, dots
 
 
 def _normals_from(cross: np.ndarray, faces: np.ndarray | list[np.ndarray], count: int,
@@ -256,7 +272,10 @@ def _normals_from(cross: np.ndarray, faces: np.ndarray | list[np.ndarray], count
     corners = _columns(faces) if isinstance(faces, np.ndarray) else faces
     normals = np.empty((count, 3))
     for axis in range(3):
-        normals[:, axis] = sum(np.bincount(corner, weights=cross[axis], minlength=count) for corner in corners)
+        total = np.bincount(corners[0], weights=cross[axis], minlength=count)
+        for corner in corners[1:]:
+            total += np.bincount(corner, weights=cross[axis], minlength=count)
+        normals[:, axis] = total
     if not normalise:
         return normals
     length = np.sqrt(np.einsum("ij,ij->i", normals, normals))[:, None]
@@ -296,7 +315,7 @@ def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals from the (outward) face winding."""
     corners = _columns(faces)
-    return _normals_from(_face_cross(vertices, corners)[1], corners, len(vertices))
+    return _normals_from(_face_cross(vertices, corners)[0], corners, len(vertices))
 
 
 def _thread_count(threads: int | None) -> int:
@@ -764,7 +783,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         pieces[value] = _Pieces(np.array([s.start for s in box]),
                                 components.astype(np.min_scalar_type(count)) if several else None, sizes)
         meshed.append(value)
-    del scratch
+    scratch = binary = components = island = None  # the views kept the scratch alive
     if not meshed:
         return
     if progress:
@@ -815,7 +834,9 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     for v in meshed:
         label_faces[v], kept = _remapped_kept(own[v][0], remaps[v])
         face_voxels[v] = own[v][1][kept]
-    del own
+    del own, sides
+    if options.decimation <= 0:
+        faces = labels = None  # each label's faces are in label_faces
     if strongest > 0:
         # Volume per piece back to its voxel volume; smallest label first, and points a label
         # has settled stay put for the next one, so shared points move once.
@@ -830,7 +851,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
             for merged, remap in merged_copies:  # merged copies follow the point kept
                 smoothed[merged] = smoothed[remap[merged]]
         del movable
-    del pieces, image, face_voxels, sides, raw, border
+    del pieces, image, face_voxels, raw, border
     if options.decimation > 0:
         before = len(faces)
         faces, labels, skipped = _decimate_patches(smoothed, faces, labels, options.decimation)
@@ -840,7 +861,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         for value in meshed:
             notes[value].append(f"decimated {before} -> {len(faces)} faces (all labels, interfaces shared)"
                                 + (f"; {skipped} patch(es) kept whole" if skipped else ""))
-    del faces, labels  # each label's faces are in label_faces
+    del faces, labels
 
     linear, offset, mirrored = _physical_map(mask, system)
     physical = _transform(smoothed, linear, offset)  # once for all labels
@@ -954,10 +975,8 @@ def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, p
     corners = _columns(faces)
 
     def geometry():
-        p0, cross = _face_cross(smoothed, corners)
-        p0 -= centre
-        per_face = np.einsum("ij,ji->i", p0, cross) / 6.0
-        return cross, np.bincount(piece, weights=per_face, minlength=count)
+        cross, dots = _face_cross(smoothed, corners, centre)
+        return cross, np.bincount(piece, weights=dots / 6.0, minlength=count)
 
     cross, after = geometry()
     valid = target > 0
@@ -983,10 +1002,13 @@ def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, p
         for corner in corners:
             point_piece[corner] = piece  # a point where two pieces touch takes one of them
         moving = np.flatnonzero((point_piece >= 0) & movable)
-        length = np.sqrt(np.einsum("ij,ij->i", normals[moving], normals[moving]))
-        derivative = np.bincount(point_piece[moving], weights=length / 6.0, minlength=count)
+        normal, moving_piece = np.take(normals, moving, axis=0), point_piece[moving]
+        del normals, point_piece
+        length = np.sqrt(np.einsum("ij,ij->i", normal, normal))
+        derivative = np.bincount(moving_piece, weights=length / 6.0, minlength=count)
         step = np.where(needs & (derivative > 0), (target - after) / np.where(derivative > 0, derivative, 1), 0.0)
-        smoothed[moving] += (step[point_piece[moving]] / np.where(length > 0, length, np.inf))[:, None] * normals[moving]
+        normal *= (step[moving_piece] / np.where(length > 0, length, np.inf))[:, None]
+        smoothed[moving] += normal
         # The step is exact to first order; the second-order rest is about step / radius
         # times the change, i.e. below (change)^2 / 2: measured again only where that
         # could exceed the tolerance.
