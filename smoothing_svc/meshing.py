@@ -757,9 +757,13 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         binary = image[box] == value
         components = scratch[: binary.size].reshape(binary.shape)
         count = ndimage.label(binary, output=components)
-        # Voxels per piece (index 0 stays 0): counting the label's voxels only, not its box.
-        sizes = (np.array([0, np.count_nonzero(binary)]) if count == 1
-                 else np.bincount(components[binary], minlength=count + 1))
+        # Voxels per piece (index 0 stays 0). A few pieces: one vectorised count each, faster
+        # than a bincount, which converts every piece number to intp first.
+        if count <= 8:
+            sizes = np.array([0] + [np.count_nonzero(binary) if count == 1 else np.count_nonzero(components == k)
+                                    for k in range(1, count + 1)])
+        else:
+            sizes = np.bincount(components[binary], minlength=count + 1)
         small = sizes < options.min_island_mm3 / voxel_mm3
         small[0] = False
         dropped = int(small.sum())
@@ -1089,7 +1093,8 @@ def _touching(faces: np.ndarray, points: np.ndarray, n: int) -> np.ndarray:
     """The faces with a corner among `points`."""
     mark = np.zeros(n, bool)
     mark[points] = True
-    return faces[mark[faces].any(axis=1)]
+    hit = mark[faces]
+    return faces[hit[:, 0] | hit[:, 1] | hit[:, 2]]  # ~4x faster than .any(axis=1) on 3 columns
 
 
 def _open_edge_points(faces: np.ndarray, flagged: np.ndarray, n: int) -> np.ndarray:
@@ -1384,6 +1389,20 @@ def _whole_words(width: int) -> np.ndarray:
     return table.view(f"V{width + 2}").reshape(-1)
 
 
+def _unit_words() -> np.ndarray:
+    """' -1.0000' .. '  1.0000' for -10000 .. 10000 (x 1e-4), as _fixed_lines writes them in
+    width 1: one 8-byte item each."""
+    units = np.arange(-10000, 10001)
+    whole, fraction = np.abs(units) // 10000, np.abs(units) % 10000
+    table = np.empty((len(units), 8), np.uint8)
+    table[:, :3] = _whole_words(1).view(np.uint8).reshape(-1, 3)[whole + 10000 * (units < 0)]
+    table[:, 3:] = _FRACTION_WORDS.view(np.uint8).reshape(-1, 5)[fraction]
+    return table.view("V8").reshape(-1)
+
+
+_UNIT_WORDS = _unit_words()
+
+
 def _fixed_lines(prefix: bytes, array: np.ndarray) -> np.ndarray:
     """Rows of floats as '<prefix> x y z' lines with 4 decimals, in fixed-width columns
     (extra spaces are legal OBJ whitespace), as a byte array: whole parts and decimals looked
@@ -1392,8 +1411,19 @@ def _fixed_lines(prefix: bytes, array: np.ndarray) -> np.ndarray:
     columns = np.asarray(array, np.float64).T
     scaled = np.rint(columns * 1e4)
     magnitude = np.abs(scaled)
-    if scaled.size and magnitude.max() >= 1e8:  # 10 m or more: the general path
+    largest = magnitude.max() if scaled.size else 0.0
+    if largest >= 1e8:  # 10 m or more: the general path
         return np.frombuffer(_fixed_lines_general(prefix, array), np.uint8)
+    if largest <= 1e4:  # -1..1 (unit normals): the whole number in one table
+        line = np.empty(columns.shape[1], np.dtype([("prefix", f"V{len(prefix)}")]
+                                                   + [(f"number{c}", "V8") for c in range(len(columns))]
+                                                   + [("end", "V1")]))
+        line["prefix"] = prefix
+        line["end"] = b"\n"
+        index = (scaled + 10000).astype(np.intp)
+        for c in range(len(columns)):
+            line[f"number{c}"] = np.take(_UNIT_WORDS, index[c])
+        return line.view(np.uint8)
     whole = np.floor(magnitude / 1e4)  # exact: magnitude is a whole number below 1e8
     fraction = (magnitude - whole * 1e4).astype(np.intp)
     width = len(str(int(whole.max()))) if whole.size else 1
