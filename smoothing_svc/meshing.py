@@ -662,8 +662,12 @@ def _surface_nets(image: np.ndarray, values: list[int], iterations: int):
         raw = np.rint(2.0 * (smoothed - vtk_to_numpy(moved))) / 2.0
     elif np.array_equal(2.0 * smoothed, np.rint(2.0 * smoothed)):  # nothing smoothed
         raw = smoothed.copy()
-    else:
-        raise RuntimeError("surface nets smoothing gave no displacement per point")
+    else:  # a VTK without the displacements: extract once more, unsmoothed
+        nets.SmoothingOff()
+        nets.Update()
+        raw = vtk_to_numpy(nets.GetOutput().GetPoints().GetData()).astype(np.float64)
+        if len(raw) != len(smoothed):
+            raise RuntimeError("surface nets smoothing changed the number of points")
     labels = vtk_to_numpy(output.GetCellData().GetArray("BoundaryLabels")).astype(np.int64).reshape(-1, 2)
     cases = output.GetPointData().GetArray("NonManifoldTableIndices")
     flagged = (np.flatnonzero(vtk_to_numpy(cases) != -2) if cases is not None
@@ -1030,7 +1034,7 @@ def _compact(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
     used = np.zeros(len(points), bool)
     used[faces.reshape(-1)] = True
     number = np.cumsum(used) - 1
-    return points[used], number[faces]
+    return np.take(points, np.flatnonzero(used), axis=0), np.take(number, faces)
 
 
 # How far (voxels) a split point's copy moves into its own fan, so the copies stay distinct.
