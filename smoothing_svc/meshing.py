@@ -295,16 +295,19 @@ def is_closed_and_consistent(faces: np.ndarray, n_vertices: int) -> bool:
     faces = np.asarray(faces)
     narrow = faces.astype(np.int32 if n_vertices < 2**30 else np.int64)  # the key needs 64 bits, min/max not
     corners = [np.ascontiguousarray(narrow[:, corner]) for corner in range(3)]
-    a = np.concatenate(corners)  # edges v0 -> v1, v1 -> v2, v2 -> v0
-    b = np.concatenate(corners[1:] + corners[:1])
-    if np.any(a == b):
-        return False
-    keys = np.minimum(a, b).astype(np.int64)
-    keys *= 2 * n_vertices
-    rest = np.maximum(a, b)
-    rest *= 2
-    rest += a > b
-    keys += rest
+    count = len(faces)
+    keys = np.empty(3 * count, np.int64)
+    for k in range(3):  # edges v0 -> v1, v1 -> v2, v2 -> v0, each into its third of the keys
+        a, b = corners[k], corners[(k + 1) % 3]
+        if np.any(a == b):
+            return False
+        part = keys[k * count : (k + 1) * count]
+        np.minimum(a, b, out=part)
+        part *= 2 * n_vertices
+        rest = np.maximum(a, b)
+        rest *= 2
+        rest += a > b
+        part += rest
     keys.sort()
     # Pairs (2k, 2k + 1): the edge once each way, i.e. each odd-placed key is its even
     # neighbour with the direction bit set (sorted: it cannot be the neighbour minus one).
