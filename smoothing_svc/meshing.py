@@ -848,6 +848,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     del own, sides
     if options.decimation <= 0:
         faces = labels = None  # each label's faces are in label_faces
+    compact: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per label: its points, faces renumbered
     if strongest > 0:
         # Volume per piece back to its voxel volume; smallest label first, and points a label
         # has settled stay put for the next one, so shared points move once.
@@ -855,10 +856,12 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         merged_copies = [(np.flatnonzero(r != np.arange(len(r))), r) for r in remaps.values() if r is not None]
         for value in sorted(meshed, key=lambda v: len(label_faces[v])):
             piece = pieces[value].of_voxels(face_voxels[value], image.shape)
-            restored, _ = _restore_volumes(smoothed, raw, label_faces[value], piece, pieces[value].sizes, movable)
+            compact[value] = _compact_ids(label_faces[value], len(smoothed))
+            restored, _ = _restore_volumes(smoothed, raw, label_faces[value], piece, pieces[value].sizes, movable,
+                                           compact[value])
             if restored:
                 notes[value].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
-            movable[label_faces[value].reshape(-1)] = False
+            movable[compact[value][0]] = False
             for merged, remap in merged_copies:  # merged copies follow the point kept
                 smoothed[merged] = smoothed[remap[merged]]
         del movable
@@ -869,6 +872,7 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         own = _own_faces(faces, labels, meshed)
         label_faces = {v: _remapped_kept(own[v][0], remaps[v])[0] for v in meshed}
         del own
+        compact.clear()  # new faces
         for value in meshed:
             notes[value].append(f"decimated {before} -> {len(faces)} faces (all labels, interfaces shared)"
                                 + (f"; {skipped} patch(es) kept whole" if skipped else ""))
@@ -880,11 +884,13 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     def finish(value: int) -> LabelMesh:
         label = label_faces[value]
         points = physical
+        known = compact.pop(value, None)
         if remaps[value] is not None:
             label, extra = _split_nonmanifold_edges(label, smoothed, remaps[value])
+            known = None  # the split may have renumbered faces
             if len(extra):
                 points = np.concatenate([physical, _transform(extra, linear, offset)])
-        vertices, label = _compact(points, label)
+        vertices, label = _compact(points, label, known)
         return _label_mesh(value, vertices, label[:, ::-1] if mirrored else label, notes[value], system)
 
     # Largest first: its temporaries then sit on fewer finished meshes (a lower memory peak;
@@ -964,8 +970,8 @@ SECOND_ROUND_CHANGE = 0.05
 
 
 def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, piece: np.ndarray,
-                     target: np.ndarray, movable: np.ndarray, tolerance: float = 2e-3,
-                     rounds: int = 2) -> tuple[int, int]:
+                     target: np.ndarray, movable: np.ndarray, compact: tuple[np.ndarray, np.ndarray] | None = None,
+                     tolerance: float = 2e-3, rounds: int = 2) -> tuple[int, int]:
     """Bring each piece of one label back to its voxel volume, in place; faces wound outward.
 
     Constrained Laplacian smoothing shrinks convex pieces (a tube a few voxels across loses
@@ -977,25 +983,29 @@ def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, p
     exceeded SECOND_ROUND_CHANGE. A piece that smoothing took more than half of (a lone
     voxel, a sliver touching the rest by an edge) keeps its unsmoothed points. ``piece``
     numbers each face's piece (index into ``target``, voxels per piece); ``movable`` pins
-    points another label already settled. Returns (pieces restored unsmoothed, pieces offset).
+    points another label already settled; ``compact`` is the faces' _compact_ids, if known.
+    Works on the label's own points only (per-point arrays of its size, not all points').
+    Returns (pieces restored unsmoothed, pieces offset).
     """
     count = len(target)
     if len(faces) == 0:
         return 0, 0
-    centre = raw[faces[0, 0]]  # any point of the label keeps the sums well conditioned
+    ids, faces = compact if compact is not None else _compact_ids(faces, len(smoothed))
+    points = np.take(smoothed, ids, axis=0)
+    centre = raw[ids[faces[0, 0]]]  # any point of the label keeps the sums well conditioned
     corners = _columns(faces)
 
     def geometry():
-        cross, dots = _face_cross(smoothed, corners, centre)
+        cross, dots = _face_cross(points, corners, centre)
         return cross, np.bincount(piece, weights=dots / 6.0, minlength=count)
 
     cross, after = geometry()
     valid = target > 0
     collapsed = valid & (np.abs(after) < 0.5 * target)
     if collapsed.any():
-        reset = np.zeros(len(smoothed), bool)
+        reset = np.zeros(len(points), bool)
         reset[faces[collapsed[piece]].reshape(-1)] = True
-        smoothed[reset] = raw[reset]
+        points[reset] = raw[ids[reset]]
         cross, after = geometry()
     offset = np.zeros(count, bool)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1008,18 +1018,18 @@ def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, p
         # faces' cross products) changes the volume by d N_v . n_v / 6 = d |N_v| / 6 to first
         # order, so a piece's derivative is the sum of |N_v| / 6 over its movable points (less
         # than its area / d where vertex and face normals disagree, as on a thin jagged tube).
-        normals = _normals_from(cross, corners, len(smoothed), normalise=False)  # zero off this label
-        point_piece = np.full(len(smoothed), -1, np.int64)
+        normals = _normals_from(cross, corners, len(points), normalise=False)
+        point_piece = np.empty(len(points), np.int64)  # every point is a corner
         for corner in corners:
             point_piece[corner] = piece  # a point where two pieces touch takes one of them
-        moving = np.flatnonzero((point_piece >= 0) & movable)
+        moving = np.flatnonzero(np.take(movable, ids))
         normal, moving_piece = np.take(normals, moving, axis=0), point_piece[moving]
         del normals, point_piece
         length = np.sqrt(np.einsum("ij,ij->i", normal, normal))
         derivative = np.bincount(moving_piece, weights=length / 6.0, minlength=count)
         step = np.where(needs & (derivative > 0), (target - after) / np.where(derivative > 0, derivative, 1), 0.0)
         normal *= (step[moving_piece] / np.where(length > 0, length, np.inf))[:, None]
-        smoothed[moving] += normal
+        points[moving] += normal
         # The step is exact to first order; the second-order rest is about step / radius
         # times the change, i.e. below (change)^2 / 2: measured again only where that
         # could exceed the tolerance.
@@ -1029,15 +1039,24 @@ def _restore_volumes(smoothed: np.ndarray, raw: np.ndarray, faces: np.ndarray, p
             cross, after = geometry()
             with np.errstate(divide="ignore", invalid="ignore"):
                 needs = needs & (np.abs(after / target - 1) > tolerance)
+    smoothed[ids] = points
     return int(collapsed.sum()), int(offset.sum())
 
 
-def _compact(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Only the points the faces use, renumbered in order (no sort: a mark and a cumsum)."""
-    used = np.zeros(len(points), bool)
+def _compact_ids(faces: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the ids, ascending, of the points of `count` the faces use; the faces renumbered
+    into them): no sort, a mark and a cumsum."""
+    used = np.zeros(count, bool)
     used[faces.reshape(-1)] = True
     number = np.cumsum(used) - 1
-    return np.take(points, np.flatnonzero(used), axis=0), np.take(number, faces)
+    return np.flatnonzero(used), np.take(number, faces)
+
+
+def _compact(points: np.ndarray, faces: np.ndarray,
+             compact: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Only the points the faces use, renumbered in order; ``compact``: their _compact_ids."""
+    ids, renumbered = compact if compact is not None else _compact_ids(faces, len(points))
+    return np.take(points, ids, axis=0), renumbered
 
 
 # How far (voxels) a split point's copy moves into its own fan, so the copies stay distinct.
