@@ -764,11 +764,11 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         binary = image[box] == value
         components = scratch[: binary.size].reshape(binary.shape)
         count = ndimage.label(binary, output=components)
-        # Voxels per piece (index 0 stays 0). A few pieces: one vectorised count each, faster
-        # than a bincount, which converts every piece number to intp first.
-        if count <= 8:
-            sizes = np.array([0] + [np.count_nonzero(binary) if count == 1 else np.count_nonzero(components == k)
-                                    for k in range(1, count + 1)])
+        # Voxels per piece (index 0 stays 0).
+        if count == 1:
+            sizes = np.array([0, np.count_nonzero(binary)])
+        elif count <= 8:  # one vectorised count each beats a bincount, which converts every number to intp
+            sizes = np.array([0] + [np.count_nonzero(components == k) for k in range(1, count + 1)])
         else:
             sizes = np.bincount(components[binary], minlength=count + 1)
         small = sizes < options.min_island_mm3 / voxel_mm3
