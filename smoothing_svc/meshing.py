@@ -671,7 +671,8 @@ def _surface_nets(image: np.ndarray, values: list[int], iterations: int):
         raw = vtk_to_numpy(nets.GetOutput().GetPoints().GetData()).astype(np.float64)
         if len(raw) != len(smoothed):
             raise RuntimeError("surface nets smoothing changed the number of points")
-    labels = vtk_to_numpy(output.GetCellData().GetArray("BoundaryLabels")).astype(np.int64).reshape(-1, 2)
+    # Labels of a uint8 image: uint8 (a byte per face side, not eight).
+    labels = vtk_to_numpy(output.GetCellData().GetArray("BoundaryLabels")).astype(np.uint8).reshape(-1, 2)
     cases = output.GetPointData().GetArray("NonManifoldTableIndices")
     flagged = (np.flatnonzero(vtk_to_numpy(cases) != -2) if cases is not None
                else np.arange(len(raw)))  # without the array: check every point
@@ -705,7 +706,7 @@ def _decimate_patches(points: np.ndarray, faces: np.ndarray, labels: np.ndarray,
     deleting a patch's boundary vertex: the curves where patches meet keep every vertex,
     so neighbouring labels still share their interface exactly. Returns (faces, labels,
     patches left undecimated because decimation would have changed their topology)."""
-    pair = labels[:, 0] * 1000 + labels[:, 1]
+    pair = labels[:, 0].astype(np.int64) * 1000 + labels[:, 1]
     out_faces, out_labels, skipped = [], [], 0
     for key in np.unique(pair):
         selected = pair == key
@@ -849,19 +850,23 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     if options.decimation <= 0:
         faces = labels = None  # each label's faces are in label_faces
     compact: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per label: its points, faces renumbered
+    face_counts = {v: len(label_faces[v]) for v in meshed}
     if strongest > 0:
         # Volume per piece back to its voxel volume; smallest label first, and points a label
         # has settled stay put for the next one, so shared points move once.
         movable = ~border
         merged_copies = [(np.flatnonzero(r != np.arange(len(r))), r) for r in remaps.values() if r is not None]
-        for value in sorted(meshed, key=lambda v: len(label_faces[v])):
+        for value in sorted(meshed, key=lambda v: face_counts[v]):
             piece = pieces[value].of_voxels(face_voxels[value], image.shape)
-            compact[value] = _compact_ids(label_faces[value], len(smoothed))
+            ids_and_faces = _compact_ids(label_faces[value], len(smoothed))
             restored, _ = _restore_volumes(smoothed, raw, label_faces[value], piece, pieces[value].sizes, movable,
-                                           compact[value])
+                                           ids_and_faces)
             if restored:
                 notes[value].append(f"{restored} piece(s) too small to smooth kept unsmoothed")
-            movable[compact[value][0]] = False
+            movable[ids_and_faces[0]] = False
+            if remaps[value] is None and options.decimation <= 0:  # its final mesh is this compaction
+                compact[value] = ids_and_faces
+                label_faces[value] = None
             for merged, remap in merged_copies:  # merged copies follow the point kept
                 smoothed[merged] = smoothed[remap[merged]]
         del movable
@@ -872,7 +877,6 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
         own = _own_faces(faces, labels, meshed)
         label_faces = {v: _remapped_kept(own[v][0], remaps[v])[0] for v in meshed}
         del own
-        compact.clear()  # new faces
         for value in meshed:
             notes[value].append(f"decimated {before} -> {len(faces)} faces (all labels, interfaces shared)"
                                 + (f"; {skipped} patch(es) kept whole" if skipped else ""))
@@ -882,21 +886,19 @@ def _mesh_surface_nets(mask: Volume, present: list[int], boxes, options: MeshOpt
     physical = _transform(smoothed, linear, offset)  # once for all labels
 
     def finish(value: int) -> LabelMesh:
-        label = label_faces[value]
+        label = label_faces.pop(value)
         points = physical
-        known = compact.pop(value, None)
         if remaps[value] is not None:
             label, extra = _split_nonmanifold_edges(label, smoothed, remaps[value])
-            known = None  # the split may have renumbered faces
             if len(extra):
                 points = np.concatenate([physical, _transform(extra, linear, offset)])
-        vertices, label = _compact(points, label, known)
+        vertices, label = _compact(points, label, compact.pop(value, None))
         return _label_mesh(value, vertices, label[:, ::-1] if mirrored else label, notes[value], system)
 
     # Largest first: its temporaries then sit on fewer finished meshes (a lower memory peak;
     # fresh memory is slow to touch). (Threads do not pay here: these are many short numpy
     # calls, and two threads measured 2.5x slower than one on 2 cores.)
-    for value in sorted(meshed, key=lambda v: -len(label_faces[v])):
+    for value in sorted(meshed, key=lambda v: -face_counts[v]):
         meshes[value] = finish(value)
 
 
@@ -941,7 +943,8 @@ def _quad_voxels(raw: np.ndarray, quads: np.ndarray, image: np.ndarray, labels: 
     first = lower[:, 0] + nx * (lower[:, 1] + ny * lower[:, 2])
     second = first + np.where(across[:, 0], 1, np.where(across[:, 1], nx, nx * ny))
     swap = np.take(image.reshape(-1), first) != labels[:, 0]
-    return np.stack([np.where(swap, second, first), np.where(swap, first, second)])
+    index = np.int32 if image.size < 2**31 else np.int64  # half the memory of int64
+    return np.stack([np.where(swap, second, first), np.where(swap, first, second)]).astype(index)
 
 
 def _own_faces(faces: np.ndarray, labels: np.ndarray, values: list[int],
@@ -952,7 +955,7 @@ def _own_faces(faces: np.ndarray, labels: np.ndarray, values: list[int],
     BoundaryLabels column (a radix sort: labels fit a byte) groups the faces of all labels."""
     groups = []
     for column in (0, 1):
-        key = labels[:, column].astype(np.uint8)
+        key = np.ascontiguousarray(labels[:, column], dtype=np.uint8)
         order = np.argsort(key, kind="stable")  # ascending face order within each label
         bounds = np.searchsorted(key[order], [[v, v + 1] for v in values]).tolist()
         groups.append((order, bounds))
