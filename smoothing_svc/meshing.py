@@ -21,7 +21,9 @@ Two methods (``MeshOptions.method``; the contract's MeshMethod says when to pick
 4. A label's closed surface is the faces with that label on one side, wound away from it
    (BoundaryLabels). Where surface nets split a non-manifold corner into coincident point
    copies, copies on open edges are merged per label (``_closing_remap``) and edges shared
-   by four faces are split (``_split_nonmanifold_edges``), so every surface is closed.
+   by four faces are split (``_split_nonmanifold_edges``), so the phantom's and the test
+   shapes' surfaces are closed. (Thresholded noise, hundreds of pieces of three labels
+   touching along edges and corners, still leaves some open; the mesh's note says so.)
 5. Volume per piece, in closed form (``_restore_volumes``): smallest label first, each
    piece's movable points move along their normals by (voxel volume - smoothed volume) /
    the exact first-order derivative; points a label settled stay put for the next, so
@@ -32,8 +34,9 @@ Two methods (``MeshOptions.method``; the contract's MeshMethod says when to pick
 
 Measured (tests/test_meshing.py, phantom on an oblique grid): artery, vein and ureter meet
 the kidney with a gap <= 0.03 voxel (p99 0), tumor/kidney p99 0 (<= 0.43 at the rim where
-fat joins); volumes within 2%, closed and consistently wound. bench/bench_mesh.py: ~9x the
-scikit-image + trimesh baseline for six structures at 512 x 512 x 300 on 2 cores.
+fat joins); volumes within 2%, closed and consistently wound. bench/bench_mesh.py: ~10x the
+scikit-image + trimesh baseline for six structures at 512 x 512 x 300 on 2 cores, mesh + OBJ
+(docs/performance.md).
 
 **flying_edges** (``_mesh_flying_edges``), one label at a time, after 3D Slicer's
 binary-labelmap -> closed-surface rule: crop to the label's box, drop islands,
