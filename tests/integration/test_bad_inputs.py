@@ -422,10 +422,12 @@ def test_deadline_expiring_mid_compute_frees_the_worker(stack):
     write_volume(_many_labels_mask(), stack.data_root / "deadline" / "mask.nii.gz")
 
     def slow_mesh(output: str) -> list:
-        # Decimation makes the compute long on any machine (surface nets alone took 0.7 s on
-        # a quiet one), so a third of it is still far longer than a call's overhead.
+        # Flying edges (label by label) with decimation keeps the compute long on any machine
+        # (surface nets with decimation took 0.8 s), so a third of it is still far longer
+        # than a call's overhead.
         return [sm.MeshMaskRequest(params=sm.MeshMaskParams(mask_path="deadline/mask.nii.gz",
-                                                            output_path=output, decimation=0.5))]
+                                                            output_path=output, decimation=0.5,
+                                                            method=sm.MESH_METHOD_FLYING_EDGES))]
 
     with Client(stack.gateway, timeout=300) as client:
         start = time.monotonic()
