@@ -24,7 +24,9 @@ from nnunet_svc.predict import (TaskPredictor, align_to_reference, find_trainer_
 from nnunet_svc.registry import load_registry
 
 CPU = torch.device("cpu")
-SPACING = 3.0  # the kidney-task demo models' training spacing
+SPACING = 3.0  # quick test cases: coarse grids
+# The tumor model's training spacing: an image on it is not resampled (the crop's identity tests).
+MODEL_SPACING = load_registry()["tumor"].models[0].spacing_mm[0]
 
 
 def small_case(seed: int = 1000, **kw):
@@ -130,12 +132,12 @@ def test_crop_volume_keeps_every_voxel_in_place():
     np.testing.assert_allclose(crop.array, ramp(phys), atol=1e-3)
 
 
-@pytest.mark.parametrize("spacing", [SPACING, 2.5])  # the model's own spacing, and one nnU-Net resamples
+@pytest.mark.parametrize("spacing", [MODEL_SPACING, 2.5])  # the model's own spacing, and one nnU-Net resamples
 def test_kidney_crop_is_made_of_the_tiles_nnunet_places_over_the_box(predictor, spacing):
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
     part = predictor("tumor").parts[0]
-    patch = [int(p) for p in part.predictor.configuration_manager.patch_size]  # 48 voxels of 3 mm
+    patch = [int(p) for p in part.predictor.configuration_manager.patch_size]  # in voxels of MODEL_SPACING
     size_zyx = [int(round(f / spacing)) for f in (300.0, 380.0, 380.0)]
     reference = Volume(np.zeros(size_zyx, np.int16), (spacing,) * 3, (0.0, 0.0, 0.0))
     box = (slice(40, 70), slice(50, 62), slice(30, 95))
@@ -143,8 +145,8 @@ def test_kidney_crop_is_made_of_the_tiles_nnunet_places_over_the_box(predictor, 
     for axis in range(3):
         assert 0 <= crop[axis].start <= box[axis].start and box[axis].stop <= crop[axis].stop <= size_zyx[axis]
         # never less than a patch: the network sees no padding the full image would not have
-        assert (crop[axis].stop - crop[axis].start) * spacing >= patch[axis] * SPACING - spacing
-    if spacing == SPACING:  # nothing resampled: the crop's tiles are exactly the full image's over the box
+        assert (crop[axis].stop - crop[axis].start) * spacing >= patch[axis] * MODEL_SPACING - spacing
+    if spacing == MODEL_SPACING:  # nothing resampled: the crop's tiles are exactly the full image's over the box
         full_steps = compute_steps_for_sliding_window(size_zyx, patch, part.predictor.tile_step_size)
         for axis in range(3):
             covering = [s for s in full_steps[axis] if s < box[axis].stop and s + patch[axis] > box[axis].start]
@@ -320,9 +322,10 @@ _CROP_RUNS: dict = {}
 
 
 def crop_runs(predictor) -> dict:
-    """tumor on one whole-body case: full image, crop from the locator, crop from a kidney hint."""
+    """tumor on one whole-body case at the model's spacing: full image, crop from the locator,
+    crop from a kidney hint."""
     if not _CROP_RUNS:
-        case = full_case(1003)
+        case = full_case(1003, spacing=MODEL_SPACING)
         image = {"portal": case.phases["portal"]}
         p = predictor("tumor")
         # a kidney mask computed elsewhere (here: the ground-truth organ mask on a 4 mm grid)
@@ -363,7 +366,7 @@ def test_kidney_crop_agrees_with_the_full_image(predictor):
 
 @pytest.mark.slow
 def test_kidney_crop_agrees_with_the_full_image_when_nnunet_resamples(predictor):
-    case = full_case(1003, spacing=2.5)  # the model is at 3 mm: nnU-Net resamples the crop and the image
+    case = full_case(1003, spacing=2.5)  # not the model's spacing: nnU-Net resamples the crop and the image
     image = {"portal": case.phases["portal"]}
     p = predictor("tumor")
     full, cropped = p.predict(image, kidney_crop=False), p.predict(image, kidney_crop=True)
@@ -451,7 +454,7 @@ def test_slab_wise_zoom_is_bitwise_skimage_resize(order):
         assert ours.tobytes() == ref.tobytes()
 
 
-@pytest.mark.parametrize("spacing", [(2.5, 2.5, 2.5), (1.0, 1.0, 3.2), (3.0, 3.0, 3.0)],
+@pytest.mark.parametrize("spacing", [(2.5, 2.5, 2.5), (1.0, 1.0, 3.2), (MODEL_SPACING,) * 3],
                          ids=["resampled", "separate-z", "model-spacing"])
 def test_lean_preprocessing_and_conversion_are_nnunets_bit_for_bit(predictor, spacing):
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
@@ -485,8 +488,8 @@ def test_lean_preprocessing_and_conversion_are_nnunets_bit_for_bit(predictor, sp
 @pytest.mark.parametrize("spacing", [(2.5, 2.5, 2.5), pytest.param((1.0, 1.0, 3.2), marks=pytest.mark.slow)],
                          ids=["2.5mm", "1x1x3.2mm-separate-z"])
 def test_mask_equals_nnunet_cli_when_nnunet_resamples(spacing, predictor, registry, tmp_path):
-    """The demo models run at 3 mm: nnU-Net resamples this image down and the logits back up; the
-    service's bounded-memory path must give the CLI's mask voxel for voxel."""
+    """Not the model's spacing: nnU-Net resamples this image and the logits back; the service's
+    bounded-memory path must give the CLI's mask voxel for voxel."""
     spec = registry["tumor"]
     size = tuple(int(round(f / s)) for f, s in zip((240.0, 162.0, 162.0), spacing))
     case = make_phantom(size=size, spacing=spacing, seed=1002, origin=(-118.5, -40.0, -80.0))

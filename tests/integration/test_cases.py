@@ -1,7 +1,7 @@
 """Case jobs through the real gateway: a phantom case end to end, a client that goes away,
 the case service SIGKILLed mid-job, cancel, idempotent submit, bad inputs, a failing step.
 
-One small phantom at the demo models' 3 mm (96 x 80 x 80 voxels, the kidney region), so a
+One small phantom at 3 mm (96 x 80 x 80 voxels, the kidney region; the ureter's fine model runs it at 1.5 mm), so a
 whole job takes about 20 s on two cores."""
 from __future__ import annotations
 
