@@ -147,7 +147,7 @@ def evaluate_case(stack, cases, client, resolution: str, seed: int, parts: set[s
             value = int(repaired.array[box][voxels][0])
             outside = int((voxels & ~near[value][box]).sum())
             off_tube += outside
-            wrong_joins += outside > voxels.sum() / 2
+            wrong_joins += int(outside > int(voxels.sum()) / 2)
         out["repair_wrong_joins"] = wrong_joins
         out["repair_off_tube_voxels"] = off_tube
         out["repair_gaps"] = len(cut.gaps)
