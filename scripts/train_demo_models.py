@@ -140,14 +140,24 @@ def task_phases(task: str, seed: int) -> list[str]:
 FOV_MM = (380.0, 380.0, 300.0)
 
 
+# Training-case variety (`acquisition`): spacing as multiples of the model's, the rest as
+# make_phantom's own arguments; recorded in demo_training.json.
+VARIETY = {"inplane_spacing_x": (0.75, 1.25), "slice_spacing_x": (0.75, 1.6), "noise_hu": (6.0, 25.0),
+           "contrast": (0.6, 1.4), "body_scale": (0.88, 1.12)}
+
+
 def acquisition(seed: int, spacing: float) -> dict:
-    """One training case's scan and patient: voxel spacing around the model's (in-plane 0.75-1.25x,
-    slices 0.75-1.6x; nnU-Net resamples to the model's spacing), CT noise, contrast strength and
-    timing, body size. Seeded by the case, so `make models` draws the same cases again."""
+    """One training case's scan and patient, drawn from VARIETY: voxel spacing around the model's
+    (nnU-Net resamples to the model's spacing), CT noise, contrast strength and timing, body size.
+    Seeded by the case, so `make models` draws the same cases again."""
     rng = np.random.default_rng([seed, 0xAC9])
-    inplane, slices = spacing * rng.uniform(0.75, 1.25), spacing * rng.uniform(0.75, 1.6)
-    return {"spacing": (inplane, inplane, slices), "noise_hu": rng.uniform(6.0, 25.0),
-            "contrast": rng.uniform(0.6, 1.4), "body_scale": rng.uniform(0.88, 1.12)}
+    draw = {name: rng.uniform(*bounds) for name, bounds in VARIETY.items()}  # in VARIETY's order
+    inplane, slices = spacing * draw.pop("inplane_spacing_x"), spacing * draw.pop("slice_spacing_x")
+    return {"spacing": (inplane, inplane, slices), **draw}
+
+
+def task_varied(task: str) -> bool:
+    return TASKS[task].get("varied", True)
 
 
 def make_case(seed: int, spacing: float, varied: bool = False):
@@ -170,7 +180,7 @@ def write_raw_dataset(task: str, seeds: list[int], raw_root: Path, args, cases_c
     (folder / "labelsTr").mkdir()
     labels = None
     for seed in seeds:
-        spacing, varied = TASKS[task]["spacing"], TASKS[task].get("varied", True)
+        spacing, varied = TASKS[task]["spacing"], task_varied(task)
         key = (seed, spacing, varied)
         case = cases_cache[key] if key in cases_cache else cases_cache.setdefault(key, make_case(seed, spacing, varied))
         if labels is None:
@@ -297,8 +307,7 @@ def slim_export(task: str, fold_folder: Path, out_root: Path, args, seconds: flo
                         "foreground oversampling 0.5, short schedule",
         "epochs": task_epochs(task, args), "iterations_per_epoch": args.iterations, "training_cases": task_cases(task, args),
         "phantom": {"fov_mm": FOV_MM, "spacing_mm": TASKS[task]["spacing"], "seeds": f"0..{task_cases(task, args) - 1}",
-                    "varied": TASKS[task].get("varied", True) and "scripts/train_demo_models.py acquisition(): spacing "
-                              "0.75-1.25x in-plane and 0.75-1.6x slices, noise 6-25 HU, contrast 0.6-1.4, body 0.88-1.12x"},
+                    "varied": task_varied(task) and VARIETY},
         "network": {"stages": args.stages, "base_features": args.features, "patch": args.patch, "batch": args.batch},
         "train_seconds_cpu": round(seconds, 1),
         "final_train_loss": _plain((log.get("train_losses") or [None])[-1]),
