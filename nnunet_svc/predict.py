@@ -664,6 +664,13 @@ class _Part:
     def reader_name(self) -> str:
         return self.predictor.plans_manager.image_reader_writer_class.__name__
 
+    @property
+    def spacing_zyx(self) -> list[float]:
+        """The spacing the model runs at (its training spacing), in the image array's z, y, x
+        order: the configuration's, put back from nnU-Net's transposed order."""
+        cm, pm = self.predictor.configuration_manager, self.predictor.plans_manager
+        return [float(cm.spacing[i]) for i in pm.transpose_backward]
+
     def tile_crop(self, reference: Volume, box: tuple[slice, slice, slice]
                   ) -> tuple[tuple[slice, slice, slice], list[list[int]] | None]:
         """The crop (a z, y, x index box on `reference`) made of the whole network tiles nnU-Net
@@ -757,7 +764,7 @@ class _Part:
         cm = self.predictor.configuration_manager
         pm = self.predictor.plans_manager
         n_channels = len(self.predictor.dataset_json["channel_names"])
-        spacing_zyx = [cm.spacing[i] for i in pm.transpose_backward]
+        spacing_zyx = self.spacing_zyx
         shape = [int(p) for p in cm.patch_size]
         rng = np.random.default_rng(0)
         data = rng.normal(0, 100, size=(n_channels, *[shape[i] for i in pm.transpose_backward])).astype(np.float32)

@@ -36,7 +36,6 @@ class ModelSpec:
     label_map: dict[int, int]  # model label value -> task output label value
     channel_names: tuple[str, ...] = ()  # dataset.json channel names, in channel order
     model_labels: dict[int, str] = field(default_factory=dict)  # dataset.json labels, value -> name
-    spacing_mm: tuple[float, ...] = ()  # training (target) spacing x, y, z from plans.json, 3d_fullres
 
 
 def model_version(spec: ModelSpec) -> str:
@@ -115,18 +114,6 @@ def _read_dataset_json(folder: Path, source: Path, where: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise _fail(source, where, f"{path} is not valid JSON: {err}") from err
-
-
-def _training_spacing(folder: Path, configuration: str, source: Path, where: str) -> tuple[float, ...]:
-    """The spacing the model was trained at, x, y, z mm: plans.json's (nnU-Net's transposed
-    array order) put back into the image's order (as nnU-Net's export does) and reversed."""
-    try:
-        plans = json.loads((folder / "plans.json").read_text())
-        spacing = plans["configurations"][configuration]["spacing"]
-        backward = plans.get("transpose_backward", list(range(len(spacing))))
-        return tuple(float(spacing[i]) for i in backward)[::-1]
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
-        raise _fail(source, where, f"plans.json has no {configuration} spacing: {err!r}") from err
 
 
 def _model_labels(dataset_json: dict) -> dict[int, str]:
@@ -227,10 +214,8 @@ def _parse_model(raw: Any, task: str, index: int, out_labels: dict[int, str], so
         label_map.pop(0, None)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
     channel_names = tuple(str(channels[k]) for k in sorted(channels, key=int))
-    configuration = folder.name.rsplit("__", 1)[-1]  # trainer__plans__configuration
     return ModelSpec(folder=folder, folds=folds, checkpoint=checkpoint, label_map=label_map,
-                     channel_names=channel_names, model_labels=model_labels,
-                     spacing_mm=_training_spacing(folder, configuration, source, where))
+                     channel_names=channel_names, model_labels=model_labels)
 
 
 def _parse_task(name: str, raw: Any, defaults: dict, source: Path) -> TaskSpec:

@@ -227,7 +227,8 @@ class NnUNetServicer(nnunet_pb2_grpc.NnUNetServiceServicer):
                 labels=[vpb.LabelEntry(value=v, name=n) for v, n in sorted(spec.labels.items())],
                 model_folders=[str(m.folder) for m in spec.models],
                 model_versions=[model_version(m) for m in spec.models], digest=self.live.digest(name),
-                training_spacings=[pb.TrainingSpacing(x_mm=x, y_mm=y, z_mm=z) for x, y, z in (m.spacing_mm for m in spec.models)],
+                training_spacings=[pb.TrainingSpacing(x_mm=x, y_mm=y, z_mm=z)
+                                   for z, y, x in (part.spacing_zyx for part in (predictor.parts if predictor else []))],
                 name=name, nnunet_version=nnunet_version(), ready=bool(predictor and predictor.ready), kidney_crop=spec.kidney_crop,
                 accurate=_settings(spec.mode("accurate")), fast=_settings(spec.mode("fast"))))
         return pb.ListModelsResponse(models=models, device=self.device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from nnunet_svc.registry import load_registry
 CPU = torch.device("cpu")
 SPACING = 3.0  # quick test cases: coarse grids
 # The tumor model's training spacing: an image on it is not resampled (the crop's identity tests).
-MODEL_SPACING = load_registry()["tumor"].models[0].spacing_mm[0]
+MODEL_SPACING = json.loads((load_registry()["tumor"].models[0].folder / "plans.json").read_text()
+                           )["configurations"]["3d_fullres"]["spacing"][0]  # isotropic
 
 
 def small_case(seed: int = 1000, **kw):
