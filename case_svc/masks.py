@@ -123,10 +123,13 @@ def remove_specks(mask: Volume, max_mm3: float, max_fraction: float = SPECK_FRAC
             reason = "speck"
         if not small:
             continue
-        offset = np.array([b.start for b in box], dtype=float)
-        centres = ndimage.center_of_mass(np.ones_like(pieces, dtype=np.uint8), pieces, small)
-        for index, centre in zip(small, centres):
-            zyx = np.asarray(centre) + offset
+        # each piece's centre from its own box (ndimage.center_of_mass over a list of pieces
+        # scans the whole box once per piece: ~50 s at 512 x 512 x 300)
+        piece_boxes = ndimage.find_objects(pieces)
+        for index in small:
+            piece_box = piece_boxes[index - 1]
+            inside = np.argwhere(pieces[piece_box] == index)
+            zyx = inside.mean(axis=0) + [b.start + p.start for b, p in zip(box, piece_box)]
             xyz1 = np.array([zyx[2], zyx[1], zyx[0], 1.0])
             removed.append({"label": NAMES.get(value, str(value)), "voxels": int(sizes[index - 1]),
                             "volume_ml": float(sizes[index - 1] * voxel_mm3 / 1000.0),
