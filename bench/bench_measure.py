@@ -24,6 +24,9 @@ from scipy.spatial import ConvexHull  # noqa: E402
 from medseg.phantom import make_phantom  # noqa: E402
 from postprocess_svc import measure  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ratios import record  # noqa: E402  (bench/, the script's folder)
+
 
 def timed(fn):
     tracemalloc.start()
@@ -65,6 +68,8 @@ def main() -> None:
         assert [(s.value, s.voxel_count, s.min_index, s.max_index) for s in fast] == slow
         print(f"summarize_labels({name}, {len(fast)} labels): {t_fast:.2f} s, {m_fast:.0f} MiB peak | "
               f"per-label np.nonzero baseline {t_slow:.2f} s, {m_slow:.0f} MiB | speed-up x{t_slow / t_fast:.1f}")
+        record("measure", f"summarize_labels({name}) at {'x'.join(map(str, args.size))}: per-label np.nonzero / ours",
+               t_slow / t_fast, note="time, same run")
         full, t_full, m_full = timed(lambda: measure.measure_mask(volume))
         print(f"measure_mask({name}): {t_full:.2f} s, {m_full:.0f} MiB peak "
               f"({sum(m.component_count for m in full)} components)")
@@ -78,6 +83,7 @@ def main() -> None:
     assert abs(kidney.largest_diameter_mm - expected) < 1e-6
     print(f"kidney diameter {expected:.1f} mm ({kidney.voxel_count} voxels): row-end hull {t_hull:.2f} s, "
           f"{m_hull:.0f} MiB | all-voxel hull baseline {t_naive:.2f} s, {m_naive:.0f} MiB | speed-up x{t_naive / t_hull:.1f}")
+    record("measure", "kidney largest diameter: all-voxel hull / row-end hull", t_naive / t_hull, note="time, same run")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(REPO / "bench"))
 from procstat import reset_peak, status_mb  # noqa: E402
+from ratios import record  # noqa: E402
 
 FOV_MM = (380.0, 380.0, 300.0)
 TASKS = ("total", "tumor", "ureter", "vessels")
@@ -194,6 +195,10 @@ def main() -> None:
             eq = masks_equal(folder / "masks_stock", folder / "masks_lean")
             records.append({"service": "nnunet", "size": f"512x512x{z}", "masks_identical": eq})
             print(f"  masks lean == stock: {eq}", flush=True)
+            peak = {r["mode"]: r["peak_mb"] for r in records if r.get("size") == f"512x512x{z}" and "mode" in r}
+            same = "identical" if all(eq.values()) else "DIFFERENT"
+            record("memory", f"nnunet SegmentCase x4 at 512x512x{z}: peak RSS stock / lean", peak["stock"] / peak["lean"],
+                   note=f"lean {peak['lean']:.0f} MB, stock {peak['stock']:.0f} MB; masks {same}")
         if args.services:
             for what in ("add_fat", "connect_vessels", "measure", "mesh_labels"):
                 print(f"{what} 512x512x{z} ...", flush=True)

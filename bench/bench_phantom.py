@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 
+from ratios import record  # bench/, the script's folder
+
 CHILD = r"""
 import json, resource, sys, time
 import medseg.phantom as ph
@@ -50,6 +52,11 @@ def main() -> None:
           f"whole-volume baseline {naive['seconds']:.2f} s, {naive['peak_mib']:.0f} MiB peak | "
           f"speed-up x{naive['seconds'] / fast['seconds']:.1f}, memory ratio "
           f"{fast['peak_mib'] / naive['peak_mib']:.2f} | label masks {same}")
+    where = "x".join(map(str, size))
+    record("phantom", f"phantom at {where}: whole-volume / per-structure boxes", naive["seconds"] / fast["seconds"],
+           note=f"time, 1 thread; label masks {same}")
+    record("phantom", f"phantom at {where}: peak RSS boxes / whole-volume", fast["peak_mib"] / naive["peak_mib"],
+           note="memory")
     full = run(tuple(args.full_size), "boxes")
     voxels = args.full_size[0] * args.full_size[1] * args.full_size[2]
     print(f"phantom {tuple(args.full_size)} ({voxels / 1e6:.0f} Mvox, 1 thread): {full['seconds']:.2f} s, "

@@ -23,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from ratios import record  # noqa: E402
 
 RUNS = (("fat", False), ("fat", True), ("template", False), ("template", True))
 
@@ -152,6 +154,12 @@ def main() -> None:
             print(f"{operation:8s} whole/cropped ratio: wall x{whole['wall_s'] / cropped['wall_s']:.1f}, "
                   f"cpu x{whole['cpu_s'] / cropped['cpu_s']:.1f}, peak RSS x{whole['peak_mib'] / cropped['peak_mib']:.2f} "
                   f"(over inputs x{extra(whole) / extra(cropped):.1f}); outputs {same}")
+            size = "x".join(map(str, args.size))
+            name = {"fat": "AddFat", "template": "SampleFromTemplate"}[operation]
+            record("postprocess", f"{name} at {size}: whole-volume / cropped", whole["cpu_s"] / cropped["cpu_s"],
+                   note=f"CPU time; outputs {same.split(' (')[0]}")
+            record("postprocess", f"{name} at {size}: peak RSS rise whole-volume / cropped",
+                   extra(whole) / extra(cropped), note="memory over the loaded inputs")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
+sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python"), str(ROOT / "bench")]
+from ratios import record  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 OPERATIONS = ("connect_vessels", "connect_ureters")
@@ -153,6 +154,9 @@ def main() -> None:
             print(f"  ratio whole/cropped: time {whole['seconds'] / crop['seconds']:.1f}x, peak RSS "
                   f"{whole['peak_mb'] / crop['peak_mb']:.1f}x, RSS rise "
                   f"{(whole['peak_mb'] - whole['input_mb']) / max(crop['peak_mb'] - crop['input_mb'], 1.0):.1f}x")
+            record("postprocess", f"{operation} at {'x'.join(map(str, size))}: whole-volume / cropped",
+                   whole["seconds"] / crop["seconds"],
+                   note=f"time; Dice vs uncut {crop['dice']:.4f}, {crop['bridges']} bridges; {same}")
 
 
 if __name__ == "__main__":
