@@ -24,7 +24,6 @@ from scipy.spatial import ConvexHull  # noqa: E402
 from medseg.phantom import make_phantom  # noqa: E402
 from postprocess_svc import measure  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ratios import record  # noqa: E402  (bench/, the script's folder)
 
 
