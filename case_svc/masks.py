@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from medseg.labels import NAMES, Label, convention_table
+from medseg.labels import NAMES, TOTALSEG_VERTEBRA_CLASSES, Label, convention_table, is_vertebra_name
 from medseg.volumes import Volume
 
 # Task masks follow the convention already; which labels each task contributes.
@@ -37,7 +37,15 @@ def on_grid(volume: Volume, reference: Volume) -> Volume:
     return reference.with_array(sitk.GetArrayFromImage(image), labels=volume.labels)
 
 
-def combine(task_masks: dict[str, Volume], reference: Volume) -> Volume:
+def vertebra_values(organs: Volume) -> tuple[int, ...]:
+    """Organ-mask values that are vertebrae: by name with a label table, else TotalSegmentator
+    v2 `total` numbering."""
+    if organs.labels:
+        return tuple(int(v) for v, name in organs.labels.items() if is_vertebra_name(name))
+    return TOTALSEG_VERTEBRA_CLASSES
+
+
+def combine(task_masks: dict[str, Volume], reference: Volume, organs: Volume | None = None) -> Volume:
     """One convention mask from the task masks, on the reference grid.
 
     Precedence (later never overwrites earlier):
@@ -46,7 +54,10 @@ def combine(task_masks: dict[str, Volume], reference: Volume) -> Volume:
       3. artery and vein (vessels task), then ureter (ureter task), only into voxels still
          background: where a kidney model and a tubular model disagree at the hilum, the
          kidney model's answer stands (its own structure), and the repair steps reconnect
-         the tubes around it.
+         the tubes around it;
+      4. with an organ mask (the total task): no ureter in or within one voxel of a vertebra.
+         Excreted contrast and bone are both bright in the delayed phase, and a ureter model's
+         false pieces sit in the vertebral bodies, large enough to pass as pieces of their own.
     """
     masks = {task: on_grid(mask, reference).array for task, mask in task_masks.items()}
     out = np.zeros(reference.array.shape, dtype=np.uint8)
@@ -59,6 +70,10 @@ def combine(task_masks: dict[str, Volume], reference: Volume) -> Volume:
     for task, label in (("vessels", Label.ARTERY), ("vessels", Label.VEIN), ("ureter", Label.URETER)):
         if task in masks:
             out[(masks[task] == label) & (out == 0)] = label
+    if organs is not None and "ureter" in masks:
+        vertebrae = np.isin(on_grid(organs, reference).array, vertebra_values(organs))
+        near_bone = ndimage.binary_dilation(vertebrae, np.ones((3, 3, 3), dtype=bool))
+        out[near_bone & (out == Label.URETER)] = 0
     return reference.with_array(out, labels=convention_table())
 
 

@@ -187,7 +187,8 @@ def step_combine(ctx: JobContext) -> StepOutcome:
     if not task_masks:
         raise ValueError("no kidney task ran (tumor, vessels or ureter): nothing to combine")
     reference_task = next(t for t in ("tumor", "vessels", "ureter") if t in task_masks)
-    combined = maskops.combine(task_masks, task_masks[reference_task])
+    organs = read_volume(ctx.folder / "masks/total.nii.gz") if "total" in ctx.spec["tasks"] else None
+    combined = maskops.combine(task_masks, task_masks[reference_task], organs)
     write_volume(combined, ctx.folder / "work/combined.nii.gz")
     present = [NAMES[int(v)] for v in np.unique(combined.array) if v]
     return StepOutcome(["work/combined.nii.gz"], {"labels": present, "grid_of": reference_task},

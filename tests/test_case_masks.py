@@ -43,6 +43,23 @@ def test_combine_resamples_onto_the_reference_grid():
     assert out.same_grid(coarse) and (out.array[:2] == Label.KIDNEY).all() and (out.array[2:] == 0).all()
 
 
+def test_combine_drops_ureter_in_and_beside_the_vertebrae():
+    shape = (12, 12, 12)
+    ureter = np.zeros(shape, np.uint8)
+    ureter[:, 2, 2] = Label.URETER                     # the real ureter, clear of the bone
+    ureter[5:7, 7:9, 7:9] = Label.URETER               # a false piece in a vertebral body
+    ureter[5, 6, 7] = Label.URETER                     # ... and its rim just outside the bone
+    organs = np.zeros(shape, np.uint8)
+    organs[4:8, 7:11, 7:11] = 29                       # vertebrae_L3, TotalSegmentator numbering
+    out = masks.combine({"ureter": vol(ureter)}, vol(ureter), vol(organs)).array
+    assert (out[:, 2, 2] == Label.URETER).all()
+    assert not (out[4:9, 5:12, 5:12] == Label.URETER).any()
+    # with a label table the names decide: class 29 is not a vertebra here
+    spleen = Volume(organs, spacing=(2.0, 2.0, 2.0), labels={0: "background", 29: "spleen"})
+    kept = masks.combine({"ureter": vol(ureter)}, vol(ureter), spleen).array
+    assert (kept[5:7, 7:9, 7:9] == Label.URETER).all()
+
+
 def test_merge_takes_repaired_labels_into_background_only():
     combined = np.zeros((3, 3, 3), np.uint8); combined[0, 0, 0] = Label.KIDNEY
     repaired = np.zeros_like(combined); repaired[0, 0, :] = Label.ARTERY

@@ -38,6 +38,9 @@ PHASES = ("arterial", "portal", "delayed")
 
 # TotalSegmentator's kidney classes (class number -> name), for organ masks without a table.
 TOTALSEG_KIDNEY_CLASSES = {2: "kidney_right", 3: "kidney_left"}
+# TotalSegmentator v2 `total` vertebrae, vertebrae_S1 (26) up to vertebrae_C1 (50), for organ
+# masks without a table.
+TOTALSEG_VERTEBRA_CLASSES = tuple(range(26, 51))
 
 
 def is_kidney_name(name: str) -> bool:
@@ -45,3 +48,8 @@ def is_kidney_name(name: str) -> bool:
     TotalSegmentator's 'kidney_left' / 'kidney_right', but not its 'kidney_cyst_*'."""
     name = name.lower()
     return "kidney" in name and "cyst" not in name
+
+
+def is_vertebra_name(name: str) -> bool:
+    """True for TotalSegmentator's 'vertebrae_L1' etc."""
+    return name.lower().startswith("vertebrae")
