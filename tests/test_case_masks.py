@@ -43,6 +43,25 @@ def test_combine_resamples_onto_the_reference_grid():
     assert out.same_grid(coarse) and (out.array[:2] == Label.KIDNEY).all() and (out.array[2:] == 0).all()
 
 
+def test_combine_keeps_the_tumor_out_of_the_liver_and_spleen():
+    shape = (12, 12, 12)
+    tumor = np.zeros(shape, np.uint8)
+    tumor[1:5, 1:5, 1:5] = Label.TUMOR                 # the true tumor ...
+    tumor[2:4, 2:4, 5:7] = Label.TUMOR                 # ... and its bulge into the liver
+    tumor[8:11, 8:11, 8:11] = Label.TUMOR              # a false piece in the liver ...
+    tumor[8, 8, 7] = Label.TUMOR                       # ... with a rim the liver model left out
+    organs = np.zeros(shape, np.uint8)
+    organs[:, :, 5:] = 5                               # liver, TotalSegmentator numbering
+    organs[8, 8, 7] = 0
+    out = masks.combine({"tumor": vol(tumor)}, vol(tumor), vol(organs)).array
+    assert (out[1:5, 1:5, 1:5] == Label.TUMOR).all()
+    assert not (out[:, :, 5:] == Label.TUMOR).any()
+    # by name with a label table: value 5 is the pancreas here, so the tumor stands
+    pancreas = Volume(organs, spacing=(2.0, 2.0, 2.0), labels={0: "background", 5: "pancreas"})
+    kept = masks.combine({"tumor": vol(tumor)}, vol(tumor), pancreas).array
+    assert (kept == Label.TUMOR).sum() == (tumor == Label.TUMOR).sum()
+
+
 def test_combine_drops_ureter_in_and_beside_the_vertebrae():
     shape = (12, 12, 12)
     ureter = np.zeros(shape, np.uint8)

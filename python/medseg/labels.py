@@ -41,6 +41,9 @@ TOTALSEG_KIDNEY_CLASSES = {2: "kidney_right", 3: "kidney_left"}
 # TotalSegmentator v2 `total` vertebrae, vertebrae_S1 (26) up to vertebrae_C1 (50), for organ
 # masks without a table.
 TOTALSEG_VERTEBRA_CLASSES = tuple(range(26, 51))
+# The solid organs beside the kidneys (TotalSegmentator v2 `total` numbering and names): in the
+# portal phase they enhance about as much as a renal tumor.
+TOTALSEG_NEIGHBOUR_ORGAN_CLASSES = {1: "spleen", 5: "liver"}
 
 
 def is_kidney_name(name: str) -> bool:
