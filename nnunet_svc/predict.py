@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from medseg.labels import is_kidney_name
 from medseg.params import ParameterError
@@ -128,8 +129,6 @@ def keep_kidney_components(kidneys: np.ndarray, voxel_mm3: float, max_kidneys: i
     A model leaves specks elsewhere (a cheap low-resolution one more so); one speck would stretch
     the bounding box over the whole image. Blobs smaller than `min_fraction` of the largest are dropped.
     """
-    from scipy import ndimage
-
     components, n = ndimage.label(kidneys)
     if n <= 1:
         return kidneys
@@ -139,21 +138,20 @@ def keep_kidney_components(kidneys: np.ndarray, voxel_mm3: float, max_kidneys: i
     return np.isin(components, keep)
 
 
-def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterable[int] | None = None,
-                  margin_mm: float = 30.0) -> tuple[slice, slice, slice] | None:
-    """Index box (z, y, x slices) on `reference` covering the kidneys of `kidney_mask` + margin.
+def _voxel_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Bounding box (z, y, x slices) of a boolean mask's voxels, None when it has none; one pass,
+    no full-size temporary."""
+    found = ndimage.find_objects(mask.view(np.uint8))
+    return found[0] if found and found[0] is not None else None
 
-    `kidney_mask` may lie on another grid (e.g. `total` computed on the portal phase, used for the
-    arterial-phase vessel task): its kidney bounding box is carried through physical space.
-    None when the mask has no kidney voxel inside the reference image.
-    """
-    kid = kidney_voxels(kidney_mask, kidney_labels)
-    if not kid.any():
-        return None
-    nz = np.nonzero(kid)
-    lo = tuple(int(a.min()) for a in nz)
-    hi = tuple(int(a.max()) + 1 for a in nz)
-    phys = _index_to_physical(kidney_mask, _corners_index(kid.shape, lo, hi))
+
+def _region_on(reference: Volume, source: Volume, box: tuple[slice, slice, slice],
+               margin_mm: float) -> tuple[slice, slice, slice] | None:
+    """Index box on `reference` covering the voxel box of `source` (another grid, perhaps) +
+    margin, carried through physical space; None when it misses the reference image."""
+    lo = tuple(b.start for b in box)
+    hi = tuple(b.stop for b in box)
+    phys = _index_to_physical(source, _corners_index(source.array.shape, lo, hi))
     idx = _physical_to_index(reference, phys)  # (x, y, z) continuous indices on the reference
     margin_vox = np.asarray(margin_mm) / np.asarray(reference.spacing)
     start = np.floor(idx.min(axis=0) + 0.5 - margin_vox).astype(int)
@@ -165,6 +163,18 @@ def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterabl
         return None
     return (slice(int(start[2]), int(stop[2])), slice(int(start[1]), int(stop[1])),
             slice(int(start[0]), int(stop[0])))
+
+
+def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterable[int] | None = None,
+                  margin_mm: float = 30.0) -> tuple[slice, slice, slice] | None:
+    """Index box (z, y, x slices) on `reference` covering the kidneys of `kidney_mask` + margin.
+
+    `kidney_mask` may lie on another grid (e.g. `total` computed on the portal phase, used for the
+    arterial-phase vessel task): its kidney bounding box is carried through physical space.
+    None when the mask has no kidney voxel inside the reference image.
+    """
+    box = _voxel_box(kidney_voxels(kidney_mask, kidney_labels))
+    return None if box is None else _region_on(reference, kidney_mask, box, margin_mm)
 
 
 # ----------------------------------------------------------------------------- nnU-Net glue
@@ -454,7 +464,6 @@ def _lean_preprocess(predictor, arrays: list[np.ndarray], properties: dict) -> t
     from nnunetv2.preprocessing.resampling.default_resampling import (compute_new_shape,
                                                                       determine_do_sep_z_and_axis,
                                                                       resample_data_or_seg)
-    from scipy import ndimage
 
     pm, cm = predictor.plans_manager, predictor.configuration_manager
     tf = list(pm.transpose_forward)
@@ -837,9 +846,14 @@ class TaskPredictor:
             source, kidneys = reference, np.isin(self.locator.segment([reference]), self.spec.locator_kidney_labels)
         else:
             return None
-        kidneys = keep_kidney_components(kidneys, source.voxel_volume_mm3)
-        mask = source.with_array(kidneys.astype(np.uint8), labels={0: "background", 1: "kidney"})
-        return kidney_region(reference, mask, [1], self.spec.crop_margin_mm)
+        box = _voxel_box(kidneys)
+        if box is None:
+            return None
+        # labelled within the kidney voxels' own box: a full-size int32 label map of a
+        # 512 x 512 x 800 scan is 0.8 GB
+        kept = _voxel_box(keep_kidney_components(kidneys[box], source.voxel_volume_mm3))
+        box = tuple(slice(b.start + k.start, b.start + k.stop) for b, k in zip(box, kept))
+        return _region_on(reference, source, box, self.spec.crop_margin_mm)
 
     def predict(self, phases: dict[str, Volume], *, kidney_crop: bool = True, kidney_hint: Volume | None = None,
                 progress: Progress | None = None, cancelled: Cancelled | None = None,
