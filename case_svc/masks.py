@@ -78,8 +78,10 @@ def tumor_outside_organs(tumor: np.ndarray, other_organ: np.ndarray) -> np.ndarr
     return tumor & ~other_organ & ~np.isin(pieces, mostly_inside)
 
 
-def combine(task_masks: dict[str, Volume], reference: Volume, organs: Volume | None = None) -> Volume:
-    """One convention mask from the task masks, on the reference grid.
+def combine(task_masks: dict[str, Volume], reference: Volume,
+            organs: Volume | None = None) -> tuple[Volume, dict[str, int]]:
+    """One convention mask from the task masks, on the reference grid, and the voxels the organ
+    mask ruled out ({'tumor in liver or spleen': n, 'ureter at a vertebra': m}).
 
     Precedence (later never overwrites earlier):
       1. tumor (from the tumor task) over everything, except where the organ mask (the total
@@ -96,13 +98,16 @@ def combine(task_masks: dict[str, Volume], reference: Volume, organs: Volume | N
     """
     masks = {task: on_grid(mask, reference).array for task, mask in task_masks.items()}
     out = np.zeros(reference.array.shape, dtype=np.uint8)
+    dropped = {}
     if organs is not None:
         organ_array = on_grid(organs, reference).array
     if "tumor" in masks:
         tumor = masks["tumor"] == Label.TUMOR
         box = _bounding_box(tumor)
         if organs is not None and box is not None:
-            tumor[box] = tumor_outside_organs(tumor[box], np.isin(organ_array[box], neighbour_organ_values(organs)))
+            kept = tumor_outside_organs(tumor[box], np.isin(organ_array[box], neighbour_organ_values(organs)))
+            dropped["tumor in liver or spleen"] = int(np.count_nonzero(tumor[box] & ~kept))
+            tumor[box] = kept
         out[tumor] = Label.TUMOR
     for task in KIDNEY_SOURCES:
         if task in masks:
@@ -115,8 +120,10 @@ def combine(task_masks: dict[str, Volume], reference: Volume, organs: Volume | N
     if organs is not None and box is not None:
         vertebrae = np.isin(organ_array[box], vertebra_values(organs))
         near_bone = ndimage.binary_dilation(vertebrae, np.ones((3, 3, 3), dtype=bool))
-        out[box][near_bone & (out[box] == Label.URETER)] = 0
-    return reference.with_array(out, labels=convention_table())
+        at_bone = near_bone & (out[box] == Label.URETER)
+        dropped["ureter at a vertebra"] = int(np.count_nonzero(at_bone))
+        out[box][at_bone] = 0
+    return reference.with_array(out, labels=convention_table()), dropped
 
 
 def merge_repairs(combined: Volume, repaired: dict[int, Volume]) -> Volume:

@@ -188,11 +188,13 @@ def step_combine(ctx: JobContext) -> StepOutcome:
         raise ValueError("no kidney task ran (tumor, vessels or ureter): nothing to combine")
     reference_task = next(t for t in ("tumor", "vessels", "ureter") if t in task_masks)
     organs = read_volume(ctx.folder / "masks/total.nii.gz") if "total" in ctx.spec["tasks"] else None
-    combined = maskops.combine(task_masks, task_masks[reference_task], organs)
+    combined, dropped = maskops.combine(task_masks, task_masks[reference_task], organs)
     write_volume(combined, ctx.folder / "work/combined.nii.gz")
     present = [NAMES[int(v)] for v in np.unique(combined.array) if v]
-    return StepOutcome(["work/combined.nii.gz"], {"labels": present, "grid_of": reference_task},
-                       note=f"labels {', '.join(present) or 'none'} on the {reference_task} mask's grid")
+    ruled_out = "".join(f"; {n} voxel(s) of {what} left out" for what, n in dropped.items() if n)
+    return StepOutcome(["work/combined.nii.gz"], {"labels": present, "grid_of": reference_task,
+                                                  "ruled_out_voxels": dropped},
+                       note=f"labels {', '.join(present) or 'none'} on the {reference_task} mask's grid{ruled_out}")
 
 
 def _repair_data(report) -> dict:

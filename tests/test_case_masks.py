@@ -25,13 +25,13 @@ def test_combine_precedence():
     vessels = np.zeros(shape, np.uint8); vessels[0, :, 0] = Label.ARTERY; vessels[1] = Label.VEIN
     vessels[3] = Label.KIDNEY
     ureter = np.zeros(shape, np.uint8); ureter[1, 0] = Label.URETER; ureter[2] = Label.URETER
-    out = masks.combine({"tumor": vol(tumor), "vessels": vol(vessels), "ureter": vol(ureter)}, vol(tumor)).array
+    out = masks.combine({"tumor": vol(tumor), "vessels": vol(vessels), "ureter": vol(ureter)}, vol(tumor))[0].array
     assert out[0, 0, 0] == Label.TUMOR                 # tumor over the artery
     assert out[0, 1, 0] == Label.KIDNEY                # kidney model's kidney over the artery
     assert (out[1] == Label.VEIN).all()                # vein before ureter
     assert (out[2] == Label.URETER).all()
     assert (out[3] == 0).all()                         # kidney only from the first kidney source
-    only_ureter = masks.combine({"ureter": vol(np.where(ureter > 0, ureter, Label.KIDNEY))}, vol(ureter)).array
+    only_ureter = masks.combine({"ureter": vol(np.where(ureter > 0, ureter, Label.KIDNEY))}, vol(ureter))[0].array
     assert (only_ureter[0] == Label.KIDNEY).all()
 
 
@@ -39,8 +39,8 @@ def test_combine_resamples_onto_the_reference_grid():
     fine = np.zeros((8, 8, 8), np.uint8); fine[:4] = Label.KIDNEY
     coarse = vol(np.zeros((4, 4, 4)), spacing=(2.0, 2.0, 2.0))
     tumor = Volume(fine, spacing=(1.0, 1.0, 1.0), origin=(-0.5, -0.5, -0.5))
-    out = masks.combine({"tumor": tumor}, coarse)
-    assert out.same_grid(coarse) and (out.array[:2] == Label.KIDNEY).all() and (out.array[2:] == 0).all()
+    out, dropped = masks.combine({"tumor": tumor}, coarse)
+    assert dropped == {} and out.same_grid(coarse) and (out.array[:2] == Label.KIDNEY).all() and (out.array[2:] == 0).all()
 
 
 def test_combine_keeps_the_tumor_out_of_the_liver_and_spleen():
@@ -53,12 +53,14 @@ def test_combine_keeps_the_tumor_out_of_the_liver_and_spleen():
     organs = np.zeros(shape, np.uint8)
     organs[:, :, 5:] = 5                               # liver, TotalSegmentator numbering
     organs[8, 8, 7] = 0
-    out = masks.combine({"tumor": vol(tumor)}, vol(tumor), vol(organs)).array
+    combined, dropped = masks.combine({"tumor": vol(tumor)}, vol(tumor), vol(organs))
+    out = combined.array
+    assert dropped == {"tumor in liver or spleen": 8 + 27 + 1}
     assert (out[1:5, 1:5, 1:5] == Label.TUMOR).all()
     assert not (out[:, :, 5:] == Label.TUMOR).any()
     # by name with a label table: value 5 is the pancreas here, so the tumor stands
     pancreas = Volume(organs, spacing=(2.0, 2.0, 2.0), labels={0: "background", 5: "pancreas"})
-    kept = masks.combine({"tumor": vol(tumor)}, vol(tumor), pancreas).array
+    kept = masks.combine({"tumor": vol(tumor)}, vol(tumor), pancreas)[0].array
     assert (kept == Label.TUMOR).sum() == (tumor == Label.TUMOR).sum()
 
 
@@ -70,12 +72,14 @@ def test_combine_drops_ureter_in_and_beside_the_vertebrae():
     ureter[5, 6, 7] = Label.URETER                     # ... and its rim just outside the bone
     organs = np.zeros(shape, np.uint8)
     organs[4:8, 7:11, 7:11] = 29                       # vertebrae_L3, TotalSegmentator numbering
-    out = masks.combine({"ureter": vol(ureter)}, vol(ureter), vol(organs)).array
+    combined, dropped = masks.combine({"ureter": vol(ureter)}, vol(ureter), vol(organs))
+    out = combined.array
+    assert dropped == {"ureter at a vertebra": 8 + 1}
     assert (out[:, 2, 2] == Label.URETER).all()
     assert not (out[4:9, 5:12, 5:12] == Label.URETER).any()
     # with a label table the names decide: class 29 is not a vertebra here
     spleen = Volume(organs, spacing=(2.0, 2.0, 2.0), labels={0: "background", 29: "spleen"})
-    kept = masks.combine({"ureter": vol(ureter)}, vol(ureter), spleen).array
+    kept = masks.combine({"ureter": vol(ureter)}, vol(ureter), spleen)[0].array
     assert (kept[5:7, 7:9, 7:9] == Label.URETER).all()
 
 
