@@ -10,7 +10,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from medseg.labels import (NAMES, TOTALSEG_NEIGHBOUR_ORGAN_CLASSES, TOTALSEG_VERTEBRA_CLASSES, Label,
-                           convention_table, is_vertebra_name)
+                           convention_table, is_neighbour_organ_name, is_vertebra_name, organ_values)
+from medseg.summary import mask_box
 from medseg.volumes import Volume
 
 # Task masks follow the convention already; which labels each task contributes.
@@ -36,32 +37,6 @@ def on_grid(volume: Volume, reference: Volume) -> Volume:
     image = sitk.Resample(volume.to_image(), reference.to_image(), sitk.Transform(),
                           sitk.sitkNearestNeighbor, 0, volume.to_image().GetPixelID())
     return reference.with_array(sitk.GetArrayFromImage(image), labels=volume.labels)
-
-
-def _bounding_box(mask: np.ndarray, grow: int = 0) -> tuple[slice, ...] | None:
-    """The mask's bounding box grown by `grow` voxels (within the array), None if empty: the
-    labels fill a few percent of a 512 x 512 x 300 scan, where whole-array work is seconds."""
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found or found[0] is None:
-        return None
-    return tuple(slice(max(0, b.start - grow), min(n, b.stop + grow)) for b, n in zip(found[0], mask.shape))
-
-
-def vertebra_values(organs: Volume) -> tuple[int, ...]:
-    """Organ-mask values that are vertebrae: by name with a label table, else TotalSegmentator
-    v2 `total` numbering."""
-    if organs.labels:
-        return tuple(int(v) for v, name in organs.labels.items() if is_vertebra_name(name))
-    return TOTALSEG_VERTEBRA_CLASSES
-
-
-def neighbour_organ_values(organs: Volume) -> tuple[int, ...]:
-    """Organ-mask values of the liver and spleen: by name with a label table, else
-    TotalSegmentator v2 `total` numbering."""
-    names = set(TOTALSEG_NEIGHBOUR_ORGAN_CLASSES.values())
-    if organs.labels:
-        return tuple(int(v) for v, name in organs.labels.items() if name.lower() in names)
-    return tuple(TOTALSEG_NEIGHBOUR_ORGAN_CLASSES)
 
 
 def tumor_outside_organs(tumor: np.ndarray, other_organ: np.ndarray) -> np.ndarray:
@@ -103,9 +78,10 @@ def combine(task_masks: dict[str, Volume], reference: Volume,
         organ_array = on_grid(organs, reference).array
     if "tumor" in masks:
         tumor = masks["tumor"] == Label.TUMOR
-        box = _bounding_box(tumor)
+        box = mask_box(tumor)
         if organs is not None and box is not None:
-            kept = tumor_outside_organs(tumor[box], np.isin(organ_array[box], neighbour_organ_values(organs)))
+            liver_spleen = organ_values(organs.labels, is_neighbour_organ_name, TOTALSEG_NEIGHBOUR_ORGAN_CLASSES)
+            kept = tumor_outside_organs(tumor[box], np.isin(organ_array[box], liver_spleen))
             dropped["tumor in liver or spleen"] = int(np.count_nonzero(tumor[box] & ~kept))
             tumor[box] = kept
         out[tumor] = Label.TUMOR
@@ -116,9 +92,9 @@ def combine(task_masks: dict[str, Volume], reference: Volume,
     for task, label in (("vessels", Label.ARTERY), ("vessels", Label.VEIN), ("ureter", Label.URETER)):
         if task in masks:
             out[(masks[task] == label) & (out == 0)] = label
-    box = _bounding_box(out == Label.URETER, grow=1)
+    box = mask_box(out == Label.URETER, grow=1)
     if organs is not None and box is not None:
-        vertebrae = np.isin(organ_array[box], vertebra_values(organs))
+        vertebrae = np.isin(organ_array[box], organ_values(organs.labels, is_vertebra_name, TOTALSEG_VERTEBRA_CLASSES))
         near_bone = ndimage.binary_dilation(vertebrae, np.ones((3, 3, 3), dtype=bool))
         at_bone = near_bone & (out[box] == Label.URETER)
         dropped["ureter at a vertebra"] = int(np.count_nonzero(at_bone))

@@ -35,7 +35,7 @@ from scipy import ndimage
 from medseg.labels import is_kidney_name
 from medseg.params import ParameterError
 from medseg.progress import Cancelled, OperationCancelled, Progress
-from medseg.summary import SLAB_VOXELS  # voxels per slab of the lean path (4M: 32 MB as float64)
+from medseg.summary import SLAB_VOXELS, mask_box  # SLAB_VOXELS: per slab of the lean path (4M: 32 MB as float64)
 from medseg.volumes import Volume
 from nnunet_svc.registry import ModelSpec, ModeSettings, TaskSpec
 
@@ -138,13 +138,6 @@ def keep_kidney_components(kidneys: np.ndarray, voxel_mm3: float, max_kidneys: i
     return np.isin(components, keep)
 
 
-def _voxel_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box (z, y, x slices) of a boolean mask's voxels, None when it has none; one pass,
-    no full-size temporary."""
-    found = ndimage.find_objects(mask.view(np.uint8))
-    return found[0] if found and found[0] is not None else None
-
-
 def _region_on(reference: Volume, source: Volume, box: tuple[slice, slice, slice],
                margin_mm: float) -> tuple[slice, slice, slice] | None:
     """Index box on `reference` covering the voxel box of `source` (another grid, perhaps) +
@@ -173,7 +166,7 @@ def kidney_region(reference: Volume, kidney_mask: Volume, kidney_labels: Iterabl
     arterial-phase vessel task): its kidney bounding box is carried through physical space.
     None when the mask has no kidney voxel inside the reference image.
     """
-    box = _voxel_box(kidney_voxels(kidney_mask, kidney_labels))
+    box = mask_box(kidney_voxels(kidney_mask, kidney_labels))
     return None if box is None else _region_on(reference, kidney_mask, box, margin_mm)
 
 
@@ -846,12 +839,12 @@ class TaskPredictor:
             source, kidneys = reference, np.isin(self.locator.segment([reference]), self.spec.locator_kidney_labels)
         else:
             return None
-        box = _voxel_box(kidneys)
+        box = mask_box(kidneys)
         if box is None:
             return None
         # labelled within the kidney voxels' own box: a full-size int32 label map of a
         # 512 x 512 x 800 scan is 0.8 GB
-        kept = _voxel_box(keep_kidney_components(kidneys[box], source.voxel_volume_mm3))
+        kept = mask_box(keep_kidney_components(kidneys[box], source.voxel_volume_mm3))
         box = tuple(slice(b.start + k.start, b.start + k.stop) for b, k in zip(box, kept))
         return _region_on(reference, source, box, self.spec.crop_margin_mm)
 

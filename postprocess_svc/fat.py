@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from medseg.labels import NAMES, TOTALSEG_KIDNEY_CLASSES, Label, is_kidney_name
+from medseg.labels import NAMES, TOTALSEG_KIDNEY_CLASSES, Label, is_kidney_name, organ_values
 from medseg.params import ParameterError
 from medseg.progress import Cancelled, Progress, report_stage
 from medseg.volumes import Volume
@@ -62,9 +62,7 @@ def organ_kidney_values(organs: Volume) -> set[int]:
     With a label table: names containing 'kidney' except cysts (a cyst is never fat).
     Without one: TotalSegmentator v2 `total` numbering.
     """
-    if organs.labels:
-        return {int(v) for v, name in organs.labels.items() if is_kidney_name(name)}
-    return set(TOTALSEG_KIDNEY_CLASSES)
+    return set(organ_values(organs.labels, is_kidney_name, TOTALSEG_KIDNEY_CLASSES))
 
 
 def craniocaudal_axis(volume: Volume) -> int:

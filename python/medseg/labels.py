@@ -6,6 +6,7 @@ module only turns it into convenient Python values.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Callable, Iterable
 
 from medseg.volume.v1 import volume_pb2
 
@@ -56,3 +57,17 @@ def is_kidney_name(name: str) -> bool:
 def is_vertebra_name(name: str) -> bool:
     """True for TotalSegmentator's 'vertebrae_L1' etc."""
     return name.lower().startswith("vertebrae")
+
+
+def is_neighbour_organ_name(name: str) -> bool:
+    """True for the liver and the spleen (TOTALSEG_NEIGHBOUR_ORGAN_CLASSES' names)."""
+    return name.lower() in TOTALSEG_NEIGHBOUR_ORGAN_CLASSES.values()
+
+
+def organ_values(labels: dict[int, str] | None, is_name: Callable[[str], bool],
+                 numbering: Iterable[int]) -> tuple[int, ...]:
+    """The values of an organ mask that are one kind of organ: those whose name `is_name`
+    accepts when the mask has a label table, else `numbering` (TotalSegmentator v2 `total`)."""
+    if labels:
+        return tuple(int(v) for v, name in labels.items() if is_name(name))
+    return tuple(numbering)

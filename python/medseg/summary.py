@@ -118,6 +118,16 @@ def _z_chunks(box):
         yield (zs, y, x)
 
 
+def mask_box(mask: np.ndarray, grow: int = 0) -> tuple[slice, slice, slice] | None:
+    """(z, y, x) bounding box of a boolean mask's voxels grown by `grow` voxels (clipped to the
+    array), None when it has none: one find_objects pass, no full-size temporary."""
+    found = ndimage.find_objects(mask.view(np.uint8))
+    if not found or found[0] is None:
+        return None
+    return tuple(slice(max(0, b.start - grow), min(n, b.stop + grow))  # type: ignore[return-value]
+                 for b, n in zip(found[0], mask.shape))
+
+
 def box_mm(matrix: np.ndarray, lo: Index3, hi: Index3) -> tuple[Point3, Point3]:
     """Axis-aligned physical box around the 8 voxel-centre corners of an index box."""
     corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
